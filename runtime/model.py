@@ -1,0 +1,195 @@
+"""One served model: load (fetch, session, warm-up), per-request validation, batch predict."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from kindling.runtime.codec import DTYPES
+from kindling.runtime.coldstart import ColdStartTimeline
+from kindling.runtime.fetch import fetch_model
+from kindling.runtime.settings import ModelConfig, ServerSettings, TensorSpec
+
+from kindling.errors import InferenceError, InvalidInput, KindlingError, ModelLoadError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from kindling.runtime.preprocess import Preprocessor
+
+# Length given to dynamic non-batch dimensions of the warm-up input: long enough for the
+# widest text-CNN filter (5, Severyn & Moschitti 2015), short enough to cost nothing.
+WARMUP_DYNAMIC_DIM = 16
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "kindling"
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Model:
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.version = config.version
+        self.state = ModelState.LOADING
+        self.error: str | None = None
+        self.session: ort.InferenceSession | None = None
+        self.preprocessor: Preprocessor | None = None
+        self.provider = ""
+        self.optimized_cache_hit = False
+        self.loaded = threading.Event()
+        self._specs = {t.name: t for t in config.inputs}
+        self._output_names = [t.name for t in config.outputs]
+
+    @property
+    def max_rows(self) -> int:
+        """Rows one ORT run may take: the batcher never merges past this."""
+        return self.config.max_batch_size if self.config.batch_dynamic else 0
+
+    # -- loading (runs in the loader thread) -------------------------------------------
+
+    def load(
+        self,
+        settings: ServerSettings,
+        threads: int,
+        providers: tuple[str, ...],
+        timeline: ColdStartTimeline,
+    ) -> None:
+        try:
+            self._load(settings, threads, providers, timeline)
+            self.state = ModelState.READY
+            timeline.mark("ready", self.name)
+        except Exception as exc:  # any failure leaves the model FAILED with a clear reason
+            self.error = exc.message if isinstance(exc, KindlingError) else f"{exc!r}"
+            self.state = ModelState.FAILED
+        finally:
+            self.loaded.set()
+
+    def _load(
+        self,
+        settings: ServerSettings,
+        threads: int,
+        providers: tuple[str, ...],
+        timeline: ColdStartTimeline,
+    ) -> None:
+        cache_dir = settings.cache_dir or DEFAULT_CACHE_DIR
+        if self.config.model_uri:
+            path = fetch_model(
+                self.config.model_uri, settings.uri_schemes, cache_dir, settings.download_timeout_s
+            )
+        else:
+            path = self.config.path / self.config.model_file
+            if not path.is_file():
+                raise ModelLoadError(f"model file {path} does not exist")
+        timeline.mark("fetched", self.name)
+
+        from kindling.runtime.preprocess import make_preprocessor
+        from kindling.runtime.session import choose_providers, create_session
+
+        chosen = choose_providers(providers)
+        self.session, self.optimized_cache_hit = create_session(
+            path, threads, chosen, cache_dir, settings.optimized_cache
+        )
+        self.provider = self.session.get_providers()[0]
+        timeline.mark("session", self.name)
+        graph_inputs = [i.name for i in self.session.get_inputs()]
+        self.preprocessor = make_preprocessor(self.config, graph_inputs)
+        self._check_graph(graph_inputs)
+        if self.config.warmup:
+            self.predict(self._warmup_inputs())
+            timeline.mark("warmup", self.name)
+
+    def _check_graph(self, graph_inputs: list[str]) -> None:
+        assert self.session is not None
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        missing = [n for n in self._output_names if n not in graph_outputs]
+        if self.preprocessor is None:
+            missing += [n for n in self._specs if n not in graph_inputs]
+        if missing:
+            raise ModelLoadError(
+                f"config.yaml of {self.name!r} names tensors the ONNX graph lacks: {missing}"
+            )
+
+    def _warmup_inputs(self) -> dict[str, np.ndarray]:
+        inputs = {}
+        for spec in self.config.inputs:
+            shape = [1 if i == 0 else WARMUP_DYNAMIC_DIM for i in range(len(spec.shape))]
+            shape = [d if d > 0 else shape[i] for i, d in enumerate(spec.shape)]
+            if spec.datatype == "BYTES":
+                inputs[spec.name] = np.full(shape, b"warm up", dtype=object)
+            else:
+                inputs[spec.name] = np.zeros(shape, dtype=DTYPES[spec.datatype])
+        return self.validate(inputs)[0]
+
+    # -- serving ----------------------------------------------------------------------
+
+    def validate(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Check one request's inputs against config.yaml; returns them and their row count."""
+        unknown = [n for n in inputs if n not in self._specs]
+        missing = [n for n in self._specs if n not in inputs]
+        if unknown or missing:
+            raise InvalidInput(
+                f"model {self.name!r} takes inputs {list(self._specs)}; "
+                + (f"unknown: {unknown}" if unknown else f"missing: {missing}")
+            )
+        rows = {_check_tensor(self._specs[n], a, self.max_rows) for n, a in inputs.items()}
+        if len(rows) > 1:
+            raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
+        if self.preprocessor is not None:
+            inputs = self.preprocessor.validate(inputs)
+        return inputs, rows.pop()
+
+    def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one (possibly merged) batch; called from the inference thread."""
+        assert self.session is not None
+        feed = self.preprocessor(batch) if self.preprocessor is not None else batch
+        try:
+            results = self.session.run(self._output_names, feed)
+        except Exception as exc:  # ORT's pybind exception types; classify by name
+            if type(exc).__name__ in ("InvalidArgument", "InvalidGraph"):
+                raise InvalidInput(f"model {self.name!r} rejected the input: {exc}") from exc
+            raise InferenceError(f"model {self.name!r} failed: {exc}") from exc
+        return dict(zip(self._output_names, results, strict=True))
+
+    def metadata(self, timeline: ColdStartTimeline) -> dict[str, Any]:
+        parameters: dict[str, Any] = {
+            "state": self.state.value,
+            "execution_provider": self.provider,
+            "optimized_cache_hit": self.optimized_cache_hit,
+            "max_batch_size": self.config.max_batch_size,
+            "cold_start_s": timeline.phases(self.name),
+        }
+        if self.error:
+            parameters["error"] = self.error
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.config.platform,
+            "inputs": [t.to_metadata() for t in self.config.inputs],
+            "outputs": [t.to_metadata() for t in self.config.outputs],
+            "parameters": parameters,
+        }
+
+
+def _check_tensor(spec: TensorSpec, array: np.ndarray, max_rows: int) -> int:
+    if array.dtype != DTYPES[spec.datatype] and not (
+        spec.datatype == "BYTES" and array.dtype == object
+    ):
+        raise InvalidInput(f"input {spec.name!r} must be {spec.datatype}")
+    if array.ndim != len(spec.shape) or any(
+        want != -1 and want != got for want, got in zip(spec.shape, array.shape, strict=True)
+    ):
+        raise InvalidInput(
+            f"input {spec.name!r} has shape {list(array.shape)}, model expects {list(spec.shape)}"
+        )
+    if array.size == 0:
+        raise InvalidInput(f"input {spec.name!r} is empty")
+    rows = int(array.shape[0]) if array.ndim else 1
+    if max_rows and rows > max_rows:
+        raise InvalidInput(f"batch of {rows} exceeds the model's max_batch_size {max_rows}")
+    return rows

@@ -1,0 +1,173 @@
+"""Runtime configuration: environment and flags -> `ServerSettings`; config.yaml -> `ModelConfig`.
+
+Both are read once at start-up and passed down; no component reads `os.environ` itself.
+Plain dataclasses rather than pydantic: pydantic's import alone costs more than the
+whole cold-start budget allows (see README, "Cold start").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kindling.errors import KindlingError
+
+DEFAULT_PORT = 8080  # Knative's default containerPort, and OpenWhisk's action port
+
+
+class ConfigError(KindlingError):
+    """A settings value or a config.yaml is invalid; raised at start-up, never per request."""
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _truthy(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How one runtime process serves; see `from_env` for the variable of each field."""
+
+    model_repository: Path
+    """Folder with one sub-folder per model (model.onnx + config.yaml)."""
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    """--port, then $PORT (Knative's runtime contract), then 8080."""
+    models: tuple[str, ...] = ()
+    """KINDLING_MODELS: serve only these (comma-separated); empty serves all."""
+    threads: int | None = None
+    """KINDLING_THREADS: onnxruntime intra-op threads; None follows the cgroup CPU limit."""
+    max_body_bytes: int = 64 * 1024 * 1024
+    """KINDLING_MAX_BODY_BYTES: larger requests get 413 (64 MiB fits a batch of 100 images)."""
+    uri_schemes: tuple[str, ...] = ("file", "http", "https", "s3")
+    """KINDLING_MODEL_URI_SCHEMES: model_uri schemes allowed; any other is refused."""
+    cache_dir: Path | None = None
+    """KINDLING_CACHE_DIR: downloads and optimized models when the repository is read-only."""
+    download_timeout_s: float = 30.0
+    """KINDLING_DOWNLOAD_TIMEOUT_S: per attempt; three attempts with backoff."""
+    optimized_cache: bool = True
+    """KINDLING_OPTIMIZED_CACHE: keep the optimized graph so the next cold start skips it."""
+    providers: tuple[str, ...] = ()
+    """KINDLING_PROVIDERS: onnxruntime execution providers, in order; empty = CUDA, then CPU."""
+    graceful_timeout_s: float = 30.0
+    """KINDLING_GRACEFUL_TIMEOUT_S: on SIGTERM, longest wait for in-flight requests
+    (Knative's default terminationGracePeriodSeconds is 300 s; 30 s suits models this size)."""
+    log_level: str = "info"
+    """KINDLING_LOG_LEVEL: uvicorn's log level; access logs are off (hot path)."""
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> ServerSettings:
+        """Read the environment; flags given as `overrides` win over it (None means unset)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {
+            "model_repository": Path(env.get("KINDLING_MODEL_REPOSITORY", "models")),
+            "models": _csv(env.get("KINDLING_MODELS")),
+            "max_body_bytes": int(env.get("KINDLING_MAX_BODY_BYTES", 64 * 1024 * 1024)),
+            "download_timeout_s": float(env.get("KINDLING_DOWNLOAD_TIMEOUT_S", 30.0)),
+            "optimized_cache": _truthy(env.get("KINDLING_OPTIMIZED_CACHE"), True),
+            "providers": _csv(env.get("KINDLING_PROVIDERS")),
+            "graceful_timeout_s": float(env.get("KINDLING_GRACEFUL_TIMEOUT_S", 30.0)),
+            "log_level": env.get("KINDLING_LOG_LEVEL", "info"),
+        }
+        if env.get("PORT"):
+            values["port"] = int(env["PORT"])
+        if env.get("KINDLING_THREADS"):
+            values["threads"] = int(env["KINDLING_THREADS"])
+        if env.get("KINDLING_MODEL_URI_SCHEMES"):
+            values["uri_schemes"] = _csv(env["KINDLING_MODEL_URI_SCHEMES"])
+        if env.get("KINDLING_CACHE_DIR"):
+            values["cache_dir"] = Path(env["KINDLING_CACHE_DIR"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        if settings.threads is not None and settings.threads < 1:
+            raise ConfigError(f"KINDLING_THREADS must be >= 1, got {settings.threads}")
+        if not 0 < settings.port < 65536:
+            raise ConfigError(f"port must be in 1..65535, got {settings.port}")
+        return settings
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output as served: OIP datatype and shape, -1 for a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    pad_value: float | None = None
+    """If set, dynamic non-batch dimensions are padded with it to batch requests together."""
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model's config.yaml (format: modelzoo/README.md)."""
+
+    name: str
+    path: Path
+    """The model's folder."""
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    platform: str = "onnxruntime_onnx"
+    max_batch_size: int = 0
+    """Largest batch the adaptive batcher forms; 0 turns batching off."""
+    max_queue_delay_ms: float = 0.0
+    """How long a forming batch may wait for requests that are already arriving."""
+    model_file: str = "model.onnx"
+    model_uri: str | None = None
+    warmup: bool = True
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    version: str = "1"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path) -> ModelConfig:
+        where = path / "config.yaml"
+        try:
+            name = str(data.get("name") or path.name)
+            batching = data.get("batching") or {}
+            return cls(
+                name=name,
+                path=path,
+                inputs=tuple(_tensor(t) for t in data["inputs"]),
+                outputs=tuple(_tensor(t) for t in data["outputs"]),
+                platform=str(data.get("platform", "onnxruntime_onnx")),
+                max_batch_size=int(data.get("max_batch_size", 0)),
+                max_queue_delay_ms=float(batching.get("max_queue_delay_ms", 0.0)),
+                model_file=str(data.get("model_file", "model.onnx")),
+                model_uri=data.get("model_uri"),
+                warmup=bool(data.get("warmup", True)),
+                preprocess=dict(data.get("preprocess") or {}),
+                description=str(data.get("description", "")),
+                version=str(data.get("version", "1")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: invalid config ({exc!r})") from exc
+
+    @property
+    def batch_dynamic(self) -> bool:
+        """True when every input's first dimension is the batch (-1)."""
+        return all(t.shape and t.shape[0] == -1 for t in self.inputs)
+
+
+def _tensor(data: Mapping[str, Any]) -> TensorSpec:
+    pad = data.get("pad_value")
+    return TensorSpec(
+        name=str(data["name"]),
+        datatype=str(data["datatype"]).upper(),
+        shape=tuple(int(d) for d in data["shape"]),
+        pad_value=None if pad is None else float(pad),
+    )

@@ -1,0 +1,134 @@
+"""Shared fixtures: the sample model repository and real runtime processes on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+SAMPLE_MODELS = ("kim_cnn", "sm_cnn", "mobilenet_v2", "squeezenet1_1", "resnet18", "minilm")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample models: `make test` passes the built ./models; otherwise build them
+    (from ~/.cache/kindling when already built there)."""
+    given = os.environ.get("KINDLING_TEST_MODELS")
+    if given and all((Path(given) / m / "config.yaml").is_file() for m in SAMPLE_MODELS):
+        return Path(given)
+    from kindling.modelzoo.build import build_all
+
+    out = tmp_path_factory.mktemp("models")
+    build_all(out, SAMPLE_MODELS, cache=None)
+    return out
+
+
+@dataclass
+class RuntimeProcess:
+    """A `kindling serve` process on loopback; stopped by the fixture that made it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://{self.url}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def wait(self, path: str = "/v2/health/ready", timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"runtime exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.get(path)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError(f"runtime not answering 200 on {path} after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+StartRuntime = Callable[..., RuntimeProcess]
+
+
+def launch_runtime(
+    workdir: Path,
+    repository: Path,
+    models: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    wait_for: str | None = "/v2/health/ready",
+) -> RuntimeProcess:
+    """Start `kindling serve` in a real process; `wait_for` None returns before it is ready."""
+    port = free_port()
+    log_path = workdir / f"runtime-{port}.log"
+    full_env = {**os.environ, "PORT": str(port), "KINDLING_CACHE_DIR": str(workdir / "cache")}
+    if models:
+        full_env["KINDLING_MODELS"] = ",".join(models)
+    full_env.update(env or {})
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kindling", "serve", "--model-repository", str(repository)],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    runtime = RuntimeProcess(process, port, log_path)
+    try:
+        if wait_for:
+            runtime.wait(wait_for)
+    except BaseException:
+        runtime.stop()
+        raise
+    return runtime
+
+
+@pytest.fixture
+def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
+    """A factory of runtime processes, all stopped when the test ends."""
+    started: list[RuntimeProcess] = []
+
+    def start(repository: Path, **kwargs: object) -> RuntimeProcess:
+        runtime = launch_runtime(tmp_path, repository, **kwargs)  # type: ignore[arg-type]
+        started.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in started:
+        runtime.stop()

@@ -1,0 +1,571 @@
+"""The runtime as users run it: a real `kindling serve` process, driven by tritonclient."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton
+import yaml
+from tokenizers import Tokenizer
+
+from tests.conftest import SAMPLE_MODELS, RuntimeProcess, launch_runtime
+
+pytestmark = pytest.mark.integration
+
+SENTENCES = [b"A man is eating food.", b"The new movie is awesome, I loved every minute of it."]
+DTYPES = {"FP32": np.float32, "INT64": np.int64}
+# uvicorn re-raises SIGTERM once it has drained, so a clean stop exits by that signal.
+DRAINED = (0, -signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def runtime(
+    model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RuntimeProcess]:
+    process = launch_runtime(
+        tmp_path_factory.mktemp("runtime"),
+        model_repository,
+        env={"KINDLING_MAX_BODY_BYTES": str(8 * 1024 * 1024)},
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(runtime: RuntimeProcess) -> Iterator[triton.InferenceServerClient]:
+    c = triton.InferenceServerClient(runtime.url, concurrency=16, network_timeout=120)
+    yield c
+    c.close()
+
+
+def config_of(repository: Path, model: str) -> dict:
+    return yaml.safe_load((repository / model / "config.yaml").read_text())
+
+
+def sample_inputs(config: dict, batch: int, rng: np.random.Generator, length: int = 9) -> dict:
+    inputs = {}
+    for spec in config["inputs"]:
+        if spec["datatype"] == "BYTES":
+            inputs[spec["name"]] = np.array((SENTENCES * batch)[:batch], dtype=object)
+            continue
+        shape = [
+            batch if i == 0 else (length if d == -1 else d) for i, d in enumerate(spec["shape"])
+        ]
+        inputs[spec["name"]] = rng.standard_normal(shape).astype(DTYPES[spec["datatype"]])
+    return inputs
+
+
+def reference(repository: Path, model: str, inputs: dict) -> dict:
+    """The same model run by onnxruntime directly: the ground truth."""
+    config = config_of(repository, model)
+    session = ort.InferenceSession(str(repository / model / "model.onnx"))
+    feed = inputs
+    if config.get("preprocess"):
+        tokenizer = Tokenizer.from_file(str(repository / model / config["preprocess"]["tokenizer"]))
+        tokenizer.enable_truncation(config["preprocess"]["max_length"])
+        tokenizer.enable_padding()
+        enc = tokenizer.encode_batch([s.decode() for s in inputs["text"]])
+        feed = {
+            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+        }
+    names = [o["name"] for o in config["outputs"]]
+    return dict(zip(names, session.run(names, feed), strict=True))
+
+
+def infer(
+    client: triton.InferenceServerClient,
+    config: dict,
+    inputs: dict,
+    binary: bool,
+    wait: bool = True,
+):
+    """One tritonclient request; with wait=False an async one (tritonclient's own concurrency:
+    its gevent client must not be shared between threads)."""
+    tensors = []
+    for spec in config["inputs"]:
+        array = inputs[spec["name"]]
+        t = triton.InferInput(spec["name"], list(array.shape), spec["datatype"])
+        t.set_data_from_numpy(array, binary_data=binary)
+        tensors.append(t)
+    outputs = [
+        triton.InferRequestedOutput(o["name"], binary_data=binary) for o in config["outputs"]
+    ]
+    if wait:
+        return client.infer(config["name"], tensors, outputs=outputs)
+    return client.async_infer(config["name"], tensors, outputs=outputs)
+
+
+def infer_concurrently(client, config: dict, inputs: list[dict]) -> list:
+    pending = [infer(client, config, x, True, wait=False) for x in inputs]
+    return [p.get_result() for p in pending]
+
+
+def post(runtime: RuntimeProcess, path: str, body: bytes, headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", runtime.port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("model", SAMPLE_MODELS)
+def test_every_sample_model_matches_onnxruntime(client, model_repository, model, binary):
+    config = config_of(model_repository, model)
+    inputs = sample_inputs(config, batch=2, rng=np.random.default_rng(7))
+    result = infer(client, config, inputs, binary)
+    expected = reference(model_repository, model, inputs)
+    for name, want in expected.items():
+        np.testing.assert_allclose(result.as_numpy(name), want, rtol=1e-4, atol=1e-5)
+
+
+def test_server_and_model_metadata(client, runtime):
+    assert client.is_server_live() and client.is_server_ready()
+    server = client.get_server_metadata()
+    assert "binary_tensor_data" in server["extensions"]
+    meta = client.get_model_metadata("mobilenet_v2")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
+    assert client.is_model_ready("mobilenet_v2", model_version="1")
+    assert client.get_model_config("resnet18")["max_batch_size"] > 0
+    assert runtime.get("/v2/models/mobilenet_v2/versions/1")[0] == 200
+
+
+def test_cold_start_phases_are_reported(client, runtime):
+    phases = client.get_model_metadata("squeezenet1_1")["parameters"]["cold_start_s"]
+    for phase in ("start", "imports", "ready", "model_fetched", "model_session", "model_warmup"):
+        assert phase in phases
+    assert phases["model_fetched"] <= phases["model_session"] <= phases["model_warmup"]
+    metrics = runtime.get("/metrics")[1].decode()
+    assert 'kindling_cold_start_phase_seconds{model="squeezenet1_1",phase="session"}' in metrics
+    line = next(ln for ln in runtime.log().splitlines() if '"cold_start"' in ln)
+    assert set(json.loads(line)["models"]) == set(SAMPLE_MODELS)
+
+
+def test_cold_start_header_true_once(model_repository, start_runtime):
+    runtime = start_runtime(model_repository, models=("squeezenet1_1",))
+    config = config_of(model_repository, "squeezenet1_1")
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [1, 3, 224, 224],
+                    "data": [0.0] * 150528,
+                }
+            ]
+        }
+    ).encode()
+    flags = [
+        post(runtime, "/v2/models/squeezenet1_1/infer", body)[1]["kindling-cold-start"]
+        for _ in range(3)
+    ]
+    assert flags == ["true", "false", "false"]
+    assert config["name"] == "squeezenet1_1"
+
+
+def test_concurrent_requests_are_batched_and_get_their_own_rows(client, runtime, model_repository):
+    config = config_of(model_repository, "mobilenet_v2")
+    rng = np.random.default_rng(11)
+    inputs = [sample_inputs(config, batch=1 + i % 3, rng=rng) for i in range(48)]
+    before = _batch_counts(runtime)
+    results = infer_concurrently(client, config, inputs)
+    expected = reference(
+        model_repository, "mobilenet_v2", {"input": np.concatenate([x["input"] for x in inputs])}
+    )
+    offset = 0
+    for x, r in zip(inputs, results, strict=True):
+        rows = x["input"].shape[0]
+        np.testing.assert_allclose(
+            r.as_numpy("logits"), expected["logits"][offset : offset + rows], rtol=1e-4, atol=1e-4
+        )
+        offset += rows
+    runs, rows = (a - b for a, b in zip(_batch_counts(runtime), before, strict=True))
+    assert rows == offset
+    assert runs < len(inputs), "16 concurrent callers never shared an onnxruntime run"
+
+
+def _batch_counts(runtime: RuntimeProcess) -> tuple[float, float]:
+    text = runtime.get("/metrics")[1].decode()
+    values = {}
+    for line in text.splitlines():
+        for suffix in ("_count", "_sum"):
+            if line.startswith(f'kindling_batch_size{suffix}{{model="mobilenet_v2"}}'):
+                values[suffix] = float(line.split()[-1])
+    return values.get("_count", 0.0), values.get("_sum", 0.0)
+
+
+@pytest.mark.parametrize("model", ["kim_cnn", "sm_cnn"])
+def test_variable_length_sentences_are_padded_without_changing_results(
+    client, model_repository, model
+):
+    # Both text CNNs use wide convolutions with zero biases, so zero-padding a sentence
+    # in a batch leaves its output unchanged: each caller must get its unpadded answer.
+    config = config_of(model_repository, model)
+    rng = np.random.default_rng(3)
+    inputs = [sample_inputs(config, batch=1, rng=rng, length=n) for n in (1, 5, 8, 13, 21) * 4]
+    results = infer_concurrently(client, config, inputs)
+    for x, r in zip(inputs, results, strict=True):
+        expected = reference(model_repository, model, x)["probabilities"]
+        np.testing.assert_allclose(r.as_numpy("probabilities"), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_gzip_request_body(client, model_repository):
+    config = config_of(model_repository, "squeezenet1_1")
+    inputs = sample_inputs(config, batch=1, rng=np.random.default_rng(5))
+    t = triton.InferInput("input", [1, 3, 224, 224], "FP32")
+    t.set_data_from_numpy(inputs["input"])
+    result = client.infer("squeezenet1_1", [t], request_compression_algorithm="gzip")
+    expected = reference(model_repository, "squeezenet1_1", inputs)["logits"]
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_classification_extension(client, model_repository):
+    inputs = sample_inputs(
+        config_of(model_repository, "squeezenet1_1"), 1, np.random.default_rng(2)
+    )
+    t = triton.InferInput("input", [1, 3, 224, 224], "FP32")
+    t.set_data_from_numpy(inputs["input"])
+    result = client.infer(
+        "squeezenet1_1", [t], outputs=[triton.InferRequestedOutput("logits", class_count=3)]
+    )
+    top = result.as_numpy("logits")[0]
+    logits = reference(model_repository, "squeezenet1_1", inputs)["logits"][0]
+    assert [int(x.split(b":")[1]) for x in top] == list(np.argsort(-logits)[:3])
+
+
+# -- bad input: a clear {"error"} with the right status, never a 500 -----------------------
+
+IMAGE = {"name": "input", "datatype": "FP32", "shape": [1, 3, 224, 224], "data": [0.0] * 150528}
+
+
+def _json(doc: dict) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def _binary_request(header: dict, payload: bytes) -> tuple[bytes, dict]:
+    head = json.dumps(header).encode()
+    return head + payload, {"Inference-Header-Content-Length": str(len(head))}
+
+
+BAD_REQUESTS = {
+    "unknown model": ("/v2/models/nope/infer", _json({"inputs": [IMAGE]}), {}, 404),
+    "unknown version": (
+        "/v2/models/mobilenet_v2/versions/9/infer",
+        _json({"inputs": [IMAGE]}),
+        {},
+        404,
+    ),
+    "invalid json": ("/v2/models/mobilenet_v2/infer", b"{not json", {}, 400),
+    "json not an object": ("/v2/models/mobilenet_v2/infer", b"[1, 2]", {}, 400),
+    "missing input": (
+        "/v2/models/sm_cnn/infer",
+        _json(
+            {"inputs": [{**IMAGE, "name": "question", "shape": [1, 7, 50], "data": [0.0] * 350}]}
+        ),
+        {},
+        400,
+    ),
+    "unknown input": (
+        "/v2/models/mobilenet_v2/infer",
+        _json({"inputs": [{**IMAGE, "name": "image"}]}),
+        {},
+        400,
+    ),
+    "wrong shape": (
+        "/v2/models/mobilenet_v2/infer",
+        _json({"inputs": [{**IMAGE, "shape": [1, 3, 224, 223], "data": [0.0] * 150304}]}),
+        {},
+        400,
+    ),
+    "wrong datatype": (
+        "/v2/models/mobilenet_v2/infer",
+        _json({"inputs": [{**IMAGE, "datatype": "INT64", "data": [0] * 150528}]}),
+        {},
+        400,
+    ),
+    "data count mismatch": (
+        "/v2/models/mobilenet_v2/infer",
+        _json({"inputs": [{**IMAGE, "data": [0.0] * 10}]}),
+        {},
+        400,
+    ),
+    "batch too large": (
+        "/v2/models/kim_cnn/infer",
+        _json(
+            {
+                "inputs": [
+                    {
+                        "name": "embeddings",
+                        "datatype": "FP32",
+                        "shape": [33, 5, 300],
+                        "data": [0.0] * 49500,
+                    }
+                ]
+            }
+        ),
+        {},
+        400,
+    ),
+    "binary size mismatch": (
+        "/v2/models/mobilenet_v2/infer",
+        *_binary_request(
+            {
+                "inputs": [
+                    {
+                        **{k: v for k, v in IMAGE.items() if k != "data"},
+                        "parameters": {"binary_data_size": 100},
+                    }
+                ]
+            },
+            b"\0" * 100,
+        ),
+        400,
+    ),
+    "truncated binary": (
+        "/v2/models/mobilenet_v2/infer",
+        *_binary_request(
+            {
+                "inputs": [
+                    {
+                        **{k: v for k, v in IMAGE.items() if k != "data"},
+                        "parameters": {"binary_data_size": 602112},
+                    }
+                ]
+            },
+            b"\0" * 1000,
+        ),
+        400,
+    ),
+    "header length past body": (
+        "/v2/models/mobilenet_v2/infer",
+        b"{}",
+        {"Inference-Header-Content-Length": "999"},
+        400,
+    ),
+    "header length not a number": (
+        "/v2/models/mobilenet_v2/infer",
+        b"{}",
+        {"Inference-Header-Content-Length": "x"},
+        400,
+    ),
+    "non-utf8 text": (
+        "/v2/models/minilm/infer",
+        *_binary_request(
+            {
+                "inputs": [
+                    {
+                        "name": "text",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": 6},
+                    }
+                ]
+            },
+            b"\x02\0\0\0\xff\xfe",
+        ),
+        400,
+    ),
+    "empty sentence": (
+        "/v2/models/kim_cnn/infer",
+        _json(
+            {
+                "inputs": [
+                    {"name": "embeddings", "datatype": "FP32", "shape": [1, 0, 300], "data": []}
+                ]
+            }
+        ),
+        {},
+        400,
+    ),
+    "corrupt gzip": (
+        "/v2/models/mobilenet_v2/infer",
+        b"not gzip",
+        {"Content-Encoding": "gzip"},
+        400,
+    ),
+    "unknown content encoding": (
+        "/v2/models/mobilenet_v2/infer",
+        b"{}",
+        {"Content-Encoding": "br"},
+        415,
+    ),
+    "oversized body": ("/v2/models/mobilenet_v2/infer", b"\0" * (8 * 1024 * 1024 + 1), {}, 413),
+    "oversized after gzip": (
+        "/v2/models/mobilenet_v2/infer",
+        gzip.compress(b" " * (9 * 1024 * 1024)),
+        {"Content-Encoding": "gzip"},
+        413,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_clear_error(runtime, case):
+    path, body, headers, status = BAD_REQUESTS[case]
+    got, _, payload = post(runtime, path, body, headers)
+    assert got == status, payload
+    error = json.loads(payload)["error"]
+    assert isinstance(error, str) and error
+
+
+def test_unknown_route_and_method_are_json_errors(runtime):
+    status, body = runtime.get("/v2/nothing")
+    assert status == 404 and "error" in json.loads(body)
+    status, _, body = post(runtime, "/v2/health/live", b"")
+    assert status == 405 and "error" in json.loads(body)
+
+
+def test_server_survives_bad_requests(client, model_repository):
+    config = config_of(model_repository, "squeezenet1_1")
+    assert infer(client, config, sample_inputs(config, 1, np.random.default_rng(1)), True)
+
+
+# -- lifecycle ------------------------------------------------------------------------
+
+
+def test_sigterm_lets_in_flight_requests_finish(model_repository, start_runtime):
+    runtime = start_runtime(model_repository, models=("resnet18",))
+    config = config_of(model_repository, "resnet18")
+    inputs = sample_inputs(config, batch=16, rng=np.random.default_rng(4))
+    outcome: dict = {}
+
+    def call() -> None:
+        client = triton.InferenceServerClient(runtime.url, network_timeout=120)
+        try:
+            outcome["result"] = infer(client, config, inputs, True).as_numpy("logits")
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+        finally:
+            client.close()
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    _wait_in_flight(runtime, "resnet18")
+    runtime.process.terminate()
+    caller.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].shape == (16, 1000)
+    assert runtime.process.wait(30) in DRAINED
+
+
+def _wait_in_flight(runtime: RuntimeProcess, model: str) -> None:
+    deadline = time.monotonic() + 30
+    needle = f'kindling_requests_in_flight{{model="{model}"}} 1'
+    while time.monotonic() < deadline:
+        if needle in runtime.get("/metrics")[1].decode():
+            return
+        time.sleep(0.005)
+    raise TimeoutError("the request never went in flight")
+
+
+class _ModelHost(BaseHTTPRequestHandler):
+    """Serves model downloads: 404 for /missing, hangs on /stall, the file otherwise."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path == "/stall":
+            self.release.wait(60)
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def model_host() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ModelHost)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    _ModelHost.release.set()
+    server.shutdown()
+    server.server_close()
+    _ModelHost.release.clear()
+
+
+def _remote_model(tmp_path: Path, repository: Path, uri: str) -> Path:
+    config = config_of(repository, "squeezenet1_1")
+    config["model_uri"] = uri
+    (tmp_path / "repo" / "squeezenet1_1").mkdir(parents=True)
+    (tmp_path / "repo" / "squeezenet1_1" / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "repo"
+
+
+def test_model_still_loading_is_503_not_a_hang(
+    tmp_path, model_repository, model_host, start_runtime
+):
+    repo = _remote_model(tmp_path, model_repository, f"{model_host}/stall")
+    runtime = start_runtime(repo, wait_for="/v2/health/live")
+    assert runtime.get("/v2/health/ready")[0] == 503
+    status, headers, body = post(
+        runtime, "/v2/models/squeezenet1_1/infer", _json({"inputs": [IMAGE]})
+    )
+    assert status == 503 and "loading" in json.loads(body)["error"]
+    assert headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [("/missing", "HTTP 404"), ("ftp://example.invalid/m.onnx", "not allowed")],
+)
+def test_model_download_failure_is_reported(
+    tmp_path, model_repository, model_host, start_runtime, uri, message
+):
+    repo = _remote_model(
+        tmp_path, model_repository, model_host + uri if uri.startswith("/") else uri
+    )
+    runtime = start_runtime(repo, wait_for="/v2/health/live")
+    deadline = time.monotonic() + 30
+    while (
+        json.loads(runtime.get("/v2/models/squeezenet1_1")[1])["parameters"]["state"] == "loading"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    status, _, body = post(runtime, "/v2/models/squeezenet1_1/infer", _json({"inputs": [IMAGE]}))
+    assert status == 503 and message in json.loads(body)["error"]
+    assert runtime.get("/v2/health/ready")[0] == 503
+
+
+def test_model_subset_and_optimized_cache_reuse(tmp_path, model_repository, start_runtime):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    source = model_repository / "squeezenet1_1"
+    (repo / "squeezenet1_1").mkdir()
+    for name in ("model.onnx", "config.yaml"):
+        (repo / "squeezenet1_1" / name).write_bytes((source / name).read_bytes())
+    first = start_runtime(repo, models=("squeezenet1_1",))
+    assert (
+        json.loads(first.get("/v2/models/squeezenet1_1")[1])["parameters"]["optimized_cache_hit"]
+        is False
+    )
+    assert first.stop() in DRAINED
+    second = start_runtime(repo)
+    assert (
+        json.loads(second.get("/v2/models/squeezenet1_1")[1])["parameters"]["optimized_cache_hit"]
+        is True
+    )
+    assert second.get("/v2/models/mobilenet_v2")[0] == 404
+
+
+def test_unknown_model_in_kindling_models_fails_at_start(model_repository, start_runtime):
+    runtime = start_runtime(model_repository, models=("nope",), wait_for=None)
+    assert runtime.process.wait(30) == 2
+    assert "nope" in runtime.log()
