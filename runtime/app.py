@@ -13,6 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from kindling.errors import KindlingError, PayloadTooLarge
+from kindling.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kindling.runtime.codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -22,14 +30,6 @@ from kindling.runtime.codec import (
 )
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.settings import ServerSettings
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
-from kindling.errors import KindlingError, PayloadTooLarge
-from kindling.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger("kindling.runtime")
 

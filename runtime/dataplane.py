@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from kindling import __version__
+from kindling.errors import InvalidInput, KindlingError, ModelNotFound, ModelNotReady
 from kindling.runtime.batcher import AdaptiveBatcher
 from kindling.runtime.codec import InferRequest, RequestedOutput, classify
 from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.model import Model, ModelState
 from kindling.runtime.telemetry import RuntimeMetrics
-
-from kindling import __version__
-from kindling.errors import InvalidInput, KindlingError, ModelNotFound, ModelNotReady
 
 # OIP extensions this server implements (GET /v2 lists them).
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "classification")

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import enum
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from kindling.errors import InferenceError, InvalidInput, KindlingError, ModelLoadError
 from kindling.runtime.codec import DTYPES
 from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.fetch import fetch_model
 from kindling.runtime.settings import ModelConfig, ServerSettings, TensorSpec
 
-from kindling.errors import InferenceError, InvalidInput, KindlingError, ModelLoadError
-
 if TYPE_CHECKING:
     import onnxruntime as ort
+
     from kindling.runtime.preprocess import Preprocessor
 
 # Length given to dynamic non-batch dimensions of the warm-up input: long enough for the
@@ -43,6 +45,8 @@ class Model:
         self.provider = ""
         self.optimized_cache_hit = False
         self.loaded = threading.Event()
+        # What `save_optimized_cache` writes once the server is ready, if anything.
+        self._pending_cache: tuple[Path, Path, int, list[str]] | None = None
         self._specs = {t.name: t for t in config.inputs}
         self._output_names = [t.name for t in config.outputs]
 
@@ -89,12 +93,13 @@ class Model:
         timeline.mark("fetched", self.name)
 
         from kindling.runtime.preprocess import make_preprocessor
-        from kindling.runtime.session import choose_providers, create_session
+        from kindling.runtime.session import choose_providers, create_session, optimized_path
 
         chosen = choose_providers(providers)
-        self.session, self.optimized_cache_hit = create_session(
-            path, threads, chosen, cache_dir, settings.optimized_cache
-        )
+        cache_path = optimized_path(path, chosen, cache_dir) if settings.optimized_cache else None
+        self.session, self.optimized_cache_hit = create_session(path, threads, chosen, cache_path)
+        if cache_path is not None and not self.optimized_cache_hit:
+            self._pending_cache = (path, cache_path, threads, chosen)
         self.provider = self.session.get_providers()[0]
         timeline.mark("session", self.name)
         graph_inputs = [i.name for i in self.session.get_inputs()]
@@ -125,6 +130,21 @@ class Model:
             else:
                 inputs[spec.name] = np.zeros(shape, dtype=DTYPES[spec.datatype])
         return self.validate(inputs)[0]
+
+    def save_optimized_cache(self) -> None:
+        """Write the optimized graph for the next cold start (off the critical path)."""
+        pending, self._pending_cache = self._pending_cache, None
+        if pending is None:
+            return
+        from kindling.runtime.session import save_optimized
+
+        try:
+            save_optimized(*pending)
+        except Exception as exc:  # a cache is an optimization: never fail serving for it
+            print(
+                f"kindling: not caching the optimized graph of {self.name}: {exc!r}",
+                file=sys.stderr,
+            )
 
     # -- serving ----------------------------------------------------------------------
 

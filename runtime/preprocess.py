@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-from kindling.runtime.settings import ConfigError, ModelConfig
 
 from kindling.errors import InvalidInput
+from kindling.runtime.settings import ConfigError, ModelConfig
 
 
 class Preprocessor(Protocol):

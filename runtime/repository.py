@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from kindling.runtime.settings import ConfigError, ModelConfig, ServerSettings
 
 CONFIG_FILE = "config.yaml"

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import uvicorn
+
 from kindling.runtime.app import create_app
 from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.dataplane import DataPlane
@@ -17,11 +18,18 @@ class RuntimeServer(uvicorn.Server):
     """uvicorn's server, marking the cold-start timeline once it is listening and loaded."""
 
     def __init__(
-        self, config: uvicorn.Config, loader: threading.Thread, timeline: ColdStartTimeline
+        self,
+        config: uvicorn.Config,
+        loader: threading.Thread,
+        timeline: ColdStartTimeline,
+        models: list[Model],
+        cache_delay_s: float,
     ) -> None:
         super().__init__(config)
         self.loader = loader
         self.timeline = timeline
+        self.models = models
+        self.cache_delay_s = cache_delay_s
 
     async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         await super().startup(sockets)
@@ -32,6 +40,10 @@ class RuntimeServer(uvicorn.Server):
             await asyncio.to_thread(self.loader.join)
         self.timeline.mark("ready")
         self.timeline.log()
+        # The requests that woke this pod come first; the cache waits for them.
+        await asyncio.sleep(self.cache_delay_s)
+        for model in self.models:
+            await asyncio.to_thread(model.save_optimized_cache)
 
 
 def serve(
@@ -58,6 +70,8 @@ def serve(
         server_header=False,
         date_header=False,
     )
-    server = RuntimeServer(config, loader, timeline)
+    server = RuntimeServer(
+        config, loader, timeline, list(models.values()), settings.optimized_cache_delay_s
+    )
     server.run()
     return 0

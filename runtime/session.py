@@ -8,6 +8,7 @@ optimization off (ORT docs, "Graph optimizations: online/offline mode").
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from pathlib import Path
 
@@ -59,8 +60,9 @@ def _cpu_fingerprint() -> str:
     return hashlib.sha256(f"{platform.machine()}|{flags}".encode()).hexdigest()[:12]
 
 
-def optimized_path(model_path: Path, providers: list[str], cache_dir: Path | None) -> Path:
-    """Where the optimized copy of `model_path` lives: beside it if writable, else in cache_dir."""
+def optimized_path(model_path: Path, providers: list[str], cache_dir: Path | None) -> Path | None:
+    """Where the optimized copy of `model_path` lives: beside it if writable, else in
+    `cache_dir`; None when neither is writable (the graph is then optimized every start)."""
     stat = model_path.stat()
     key = hashlib.sha256(
         f"{ort.__version__}|{providers[0]}|{stat.st_size}|{stat.st_mtime_ns}|{_cpu_fingerprint()}".encode()
@@ -74,49 +76,55 @@ def optimized_path(model_path: Path, providers: list[str], cache_dir: Path | Non
         probe.unlink()
         return beside / name
     except OSError:
-        if cache_dir is None:
-            raise
-        target = cache_dir / "optimized" / hashlib.sha256(str(model_path).encode()).hexdigest()[:16]
+        pass
+    if cache_dir is None:
+        return None
+    target = cache_dir / "optimized" / hashlib.sha256(str(model_path).encode()).hexdigest()[:16]
+    try:
         target.mkdir(parents=True, exist_ok=True)
-        return target / name
+    except OSError:
+        return None
+    return target / name
 
 
 def create_session(
     model_path: Path,
     threads: int,
     providers: list[str],
-    cache_dir: Path | None = None,
-    use_cache: bool = True,
+    cache_path: Path | None = None,
 ) -> tuple[ort.InferenceSession, bool]:
-    """Create the session; returns it and whether the optimized cache was used."""
+    """Create the session, from the optimized copy at `cache_path` when there is one.
+
+    Returns the session and whether the optimized copy was used. Writing that copy is
+    left to `save_optimized`, after the server is ready: saving costs as much again as
+    optimizing, and a cold start must not pay for the next one.
+    """
     options = session_options(threads)
-    source, cached = model_path, False
-    target: Path | None = None
-    if use_cache:
-        try:
-            target = optimized_path(model_path, providers, cache_dir)
-        except OSError:
-            target = None  # read-only everywhere: optimize in memory every time
-    if target is not None and target.is_file():
-        source, cached = target, True
+    if cache_path is not None and cache_path.is_file():
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    else:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if target is not None:
-            # Written under a unique name and renamed, so a concurrent replica never
-            # loads half a file.
-            partial = target.with_name(f"{target.name}.{id(options)}.tmp.onnx")
-            options.optimized_model_filepath = str(partial)
-    try:
-        session = ort.InferenceSession(str(source), sess_options=options, providers=providers)
-    except Exception as exc:  # ORT raises its own exception types, all fatal for this model
-        if cached:
+        try:
+            session = ort.InferenceSession(str(cache_path), options, providers=providers)
+            return session, True
+        except Exception:  # ORT's own exception types
             # A corrupt or incompatible cache entry must never take the model down.
-            target.unlink(missing_ok=True)  # type: ignore[union-attr]
-            return create_session(model_path, threads, providers, cache_dir, use_cache=False)
+            cache_path.unlink(missing_ok=True)
+            options = session_options(threads)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=providers), False
+    except Exception as exc:  # ORT raises its own exception types, all fatal for this model
         raise ModelLoadError(f"onnxruntime cannot load {model_path}: {exc}") from exc
-    if not cached and target is not None:
-        partial = Path(options.optimized_model_filepath)
-        if partial.is_file():
-            partial.replace(target)
-    return session, cached
+
+
+def save_optimized(model_path: Path, cache_path: Path, threads: int, providers: list[str]) -> None:
+    """Write the optimized graph of `model_path` to `cache_path`, atomically."""
+    options = session_options(threads)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # A unique name, renamed into place: a replica starting now never loads half a file.
+    partial = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp.onnx")
+    options.optimized_model_filepath = str(partial)
+    try:
+        ort.InferenceSession(str(model_path), options, providers=providers)
+        partial.replace(cache_path)
+    finally:
+        partial.unlink(missing_ok=True)

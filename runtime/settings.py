@@ -55,6 +55,10 @@ class ServerSettings:
     """KINDLING_DOWNLOAD_TIMEOUT_S: per attempt; three attempts with backoff."""
     optimized_cache: bool = True
     """KINDLING_OPTIMIZED_CACHE: keep the optimized graph so the next cold start skips it."""
+    optimized_cache_delay_s: float = 5.0
+    """KINDLING_OPTIMIZED_CACHE_DELAY_S: wait after ready before writing that cache, so the
+    burst that woke the pod is served first; well inside Knative's minimum pod lifetime
+    (stable window 60 s + scale-to-zero grace period 30 s)."""
     providers: tuple[str, ...] = ()
     """KINDLING_PROVIDERS: onnxruntime execution providers, in order; empty = CUDA, then CPU."""
     graceful_timeout_s: float = 30.0
@@ -77,6 +81,7 @@ class ServerSettings:
             "max_body_bytes": int(env.get("KINDLING_MAX_BODY_BYTES", 64 * 1024 * 1024)),
             "download_timeout_s": float(env.get("KINDLING_DOWNLOAD_TIMEOUT_S", 30.0)),
             "optimized_cache": _truthy(env.get("KINDLING_OPTIMIZED_CACHE"), True),
+            "optimized_cache_delay_s": float(env.get("KINDLING_OPTIMIZED_CACHE_DELAY_S", 5.0)),
             "providers": _csv(env.get("KINDLING_PROVIDERS")),
             "graceful_timeout_s": float(env.get("KINDLING_GRACEFUL_TIMEOUT_S", 30.0)),
             "log_level": env.get("KINDLING_LOG_LEVEL", "info"),

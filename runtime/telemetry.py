@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from kindling.runtime.coldstart import ColdStartTimeline
-
 from kindling.metrics import Registry
+from kindling.runtime.coldstart import ColdStartTimeline
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 

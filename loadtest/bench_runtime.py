@@ -1,0 +1,329 @@
+"""Runtime benchmark: served against raw onnxruntime in-process, side by side, one run.
+
+    python -m kindling.loadtest.bench_runtime --model-repository models
+
+Prints, for MobileNetV2 (paper 001's image model):
+- latency at concurrency 1: p50 of raw onnxruntime vs p50 served over binary OIP;
+- throughput at concurrency 16: raw onnxruntime at its best batch size vs served with
+  adaptive batching (16 callers sending batch-1 requests);
+- cold start: process exec to the first 200 response vs the floor, a bare `python -c`
+  that imports numpy and onnxruntime, creates the session and runs it once.
+
+The client is a lean keep-alive HTTP/1.1 client (raw sockets, body prebuilt) so that
+what is measured is the server, not tritonclient's own encoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODEL = "mobilenet_v2"
+SHAPE = (1, 3, 224, 224)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def binary_request(batch: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(batch.shape),
+                    "parameters": {"binary_data_size": batch.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    headers = {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+    return header + batch.tobytes(), headers
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+# -- raw onnxruntime ------------------------------------------------------------------
+
+
+def raw_session(model_path: Path, threads: int):  # noqa: ANN201 (onnxruntime type)
+    import onnxruntime as ort
+
+    from kindling.runtime.session import session_options
+
+    options = session_options(threads)
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def raw_latency(session, x: np.ndarray, n: int) -> list[float]:  # noqa: ANN001
+    for _ in range(10):
+        session.run(None, {"input": x})
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def raw_throughput(session, batch_sizes: list[int], seconds: float) -> dict[int, float]:  # noqa: ANN001
+    rng = np.random.default_rng(0)
+    result = {}
+    for b in batch_sizes:
+        x = rng.standard_normal((b, *SHAPE[1:])).astype(np.float32)
+        session.run(None, {"input": x})
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            session.run(None, {"input": x})
+            done += b
+        result[b] = done / (time.perf_counter() - start)
+    return result
+
+
+# -- served -----------------------------------------------------------------------------
+
+
+def start_server(repository: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kindling", "serve", "--model-repository", str(repository)],
+        env={**os.environ, **env, "PORT": str(port), "KINDLING_MODELS": MODEL},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_ready(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise TimeoutError("server never became ready")
+
+
+def served_latency(port: int, body: bytes, headers: dict[str, str], n: int) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    times = []
+    for i in range(n + 10):
+        t = time.perf_counter()
+        conn.request("POST", f"/v2/models/{MODEL}/infer", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+        if i >= 10:
+            times.append(time.perf_counter() - t)
+    conn.close()
+    return times
+
+
+async def _closed_loop(port: int, request: bytes, concurrency: int, seconds: float) -> int:
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < stop:
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(
+                next(
+                    line.split(b":")[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+            )
+            await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(head.split(b"\r\n")[0].decode())
+            done += 1
+        writer.close()
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return done
+
+
+def served_throughput(
+    port: int, body: bytes, headers: dict[str, str], concurrency: int, seconds: float
+) -> float:
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (
+        f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Length: {len(body)}\r\n{head}\r\n"
+    ).encode() + body
+    asyncio.run(_closed_loop(port, request, concurrency, 0.5))  # warm every connection path
+    start = time.perf_counter()
+    done = asyncio.run(_closed_loop(port, request, concurrency, seconds))
+    return done / (time.perf_counter() - start)
+
+
+# -- cold start -------------------------------------------------------------------------
+
+FLOOR_SCRIPT = """
+import numpy as np, onnxruntime as ort
+s = ort.InferenceSession({path!r}, providers=["CPUExecutionProvider"])
+s.run(None, {{"input": np.zeros({shape!r}, np.float32)}})
+"""
+
+
+def floor_cold_start(model_path: Path) -> float:
+    script = FLOOR_SCRIPT.format(path=str(model_path), shape=SHAPE)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", script], check=True)
+    return time.perf_counter() - start
+
+
+def wait_for_cache(cache: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not list(cache.glob("*.ort.onnx")):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the optimized graph was never cached")
+        time.sleep(0.05)
+
+
+def served_cold_start(
+    repository: Path, body: bytes, headers: dict[str, str], env: dict[str, str]
+) -> float:
+    port = free_port()
+    start = time.perf_counter()
+    process = start_server(repository, port, env)
+    try:
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("POST", f"/v2/models/{MODEL}/infer", body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    return time.perf_counter() - start
+            except OSError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError("server exited during cold start")
+            time.sleep(0.002)
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-repository", type=Path, default=Path("models"))
+    parser.add_argument("--requests", type=int, default=300, help="latency samples per side")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput measurement")
+    parser.add_argument("--cold-starts", type=int, default=7, help="cold starts per side")
+    args = parser.parse_args(argv)
+
+    from kindling.runtime.cpu import available_cpus
+
+    threads = available_cpus()
+    source = args.model_repository / MODEL
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    body, headers = binary_request(x)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # A private copy, so the optimized-graph cache starts empty and we can time both.
+        repo = Path(tmp) / "repo"
+        (repo / MODEL).mkdir(parents=True)
+        for name in ("model.onnx", "config.yaml"):
+            (repo / MODEL / name).write_bytes((source / name).read_bytes())
+        env = {
+            "KINDLING_CACHE_DIR": str(Path(tmp) / "cache"),
+            "KINDLING_THREADS": str(threads),
+        }
+
+        session = raw_session(repo / MODEL / "model.onnx", threads)
+        raw_lat = raw_latency(session, x, args.requests)
+        raw_tp = raw_throughput(session, [1, 2, 4, 8, 16, 32], args.seconds / 2)
+        del session
+
+        port = free_port()
+        server = start_server(repo, port, env)
+        try:
+            wait_ready(port)
+            served_lat = served_latency(port, body, headers, args.requests)
+            served_tp = served_throughput(port, body, headers, 16, args.seconds)
+        finally:
+            server.terminate()
+            server.wait()
+
+        floor = [floor_cold_start(repo / MODEL / "model.onnx") for _ in range(args.cold_starts)]
+        cache = repo / MODEL / ".kindling-cache"
+        cold_first = []
+        for _ in range(3):  # without the optimized-graph cache: a model never seen on this node
+            for f in cache.glob("*"):
+                f.unlink()
+            cold_first.append(served_cold_start(repo, body, headers, env))
+        prime = start_server(repo, free_port(), {**env, "KINDLING_OPTIMIZED_CACHE_DELAY_S": "0"})
+        try:
+            wait_for_cache(cache)
+        finally:
+            prime.terminate()
+            prime.wait()
+        cold = [served_cold_start(repo, body, headers, env) for _ in range(args.cold_starts)]
+
+    best_batch = max(raw_tp, key=lambda b: raw_tp[b])
+    r50, s50 = percentile(raw_lat, 50) * 1e3, percentile(served_lat, 50) * 1e3
+    f50, c50, c1 = (statistics.median(v) for v in (floor, cold, cold_first))
+    print(
+        f"kindling runtime benchmark: {MODEL}, {threads} intra-op threads, {os.cpu_count()} cores\n"
+    )
+    print(f"{'':34}{'raw onnxruntime':>18}{'served (OIP binary)':>22}{'delta / ratio':>16}")
+    print(f"{'latency c=1 p50 (ms)':34}{r50:18.2f}{s50:22.2f}{s50 - r50:+15.2f}ms")
+    r99, s99 = percentile(raw_lat, 99) * 1e3, percentile(served_lat, 99) * 1e3
+    print(f"{'latency c=1 p99 (ms)':34}{r99:18.2f}{s99:22.2f}")
+    print(
+        f"{'throughput c=16 (img/s)':34}{raw_tp[best_batch]:18.1f}{served_tp:22.1f}"
+        f"{served_tp / raw_tp[best_batch]:15.2f}x"
+    )
+    print(f"{'  raw best batch size':34}{best_batch:18d}")
+    print(f"{'  raw img/s by batch':34}" + ", ".join(f"{b}: {v:.0f}" for b, v in raw_tp.items()))
+    print(f"\n{'cold start, exec to first 200 (s)':34}{'floor':>18}{'served':>22}{'ratio':>16}")
+    print(f"{'  optimized graph cached':34}{f50:18.3f}{c50:22.3f}{c50 / f50:15.2f}x")
+    print(f"{'  first start on this node':34}{f50:18.3f}{c1:22.3f}{c1 / f50:15.2f}x")
+    print(
+        "\ntargets: served p50 - raw p50 <= 0.5 ms; throughput >= 0.8x raw; "
+        "cold start <= 0.5 s and <= 1.5x floor"
+    )
+    ok = (
+        s50 - r50 <= 0.5
+        and served_tp >= 0.8 * raw_tp[best_batch]
+        and c50 <= 0.5
+        and c50 <= 1.5 * f50
+    )
+    print("all targets met" if ok else "some targets missed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
