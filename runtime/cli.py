@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 
 from kindling.runtime.coldstart import ColdStartTimeline
 
@@ -30,7 +29,7 @@ def main(argv: list[str]) -> int:
     from pathlib import Path
 
     from kindling.runtime.cpu import available_cpus
-    from kindling.runtime.model import Model
+    from kindling.runtime.loader import ModelLoader
     from kindling.runtime.repository import read_repository
     from kindling.runtime.settings import ConfigError, ServerSettings
 
@@ -46,16 +45,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"kindling serve: {exc.message}", file=sys.stderr)
         return 2
-    models = {c.name: Model(c) for c in configs}
-    threads = settings.threads or available_cpus()
-
-    def load_all() -> None:
-        for model in models.values():
-            model.load(settings, threads, settings.providers, timeline)
-
-    loader = threading.Thread(target=load_all, name="model-loader", daemon=True)
+    loader = ModelLoader(configs, settings, settings.threads or available_cpus(), timeline)
     loader.start()
 
     from kindling.runtime.server import serve
 
-    return serve(settings, models, timeline, loader)
+    return serve(settings, loader, timeline)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
+# The HTTP stack first: it needs no numpy, so it imports while the loader thread imports
+# numpy and onnxruntime; the runtime's own modules (which need numpy) come after.
+import starlette.applications  # noqa: F401
 import uvicorn
 
 from kindling.runtime.app import create_app
 from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.dataplane import DataPlane
+from kindling.runtime.loader import ModelLoader
 from kindling.runtime.model import Model
 from kindling.runtime.settings import ServerSettings
 
@@ -20,7 +23,7 @@ class RuntimeServer(uvicorn.Server):
     def __init__(
         self,
         config: uvicorn.Config,
-        loader: threading.Thread,
+        loader: ModelLoader,
         timeline: ColdStartTimeline,
         models: list[Model],
         cache_delay_s: float,
@@ -46,12 +49,9 @@ class RuntimeServer(uvicorn.Server):
             await asyncio.to_thread(model.save_optimized_cache)
 
 
-def serve(
-    settings: ServerSettings,
-    models: dict[str, Model],
-    timeline: ColdStartTimeline,
-    loader: threading.Thread,
-) -> int:
+def serve(settings: ServerSettings, loader: ModelLoader, timeline: ColdStartTimeline) -> int:
+    loader.created.wait()
+    models = loader.models
     plane = DataPlane(models, timeline)
     app = create_app(settings, plane)
     timeline.mark("imports")
@@ -61,6 +61,7 @@ def serve(
         port=settings.port,
         loop="uvloop",
         http="httptools",
+        ws="none",  # no websockets: spares importing them on every cold start
         lifespan="on",
         access_log=False,  # a log line per request is hot-path work; /metrics counts them
         log_level=settings.log_level,
