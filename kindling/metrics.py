@@ -63,7 +63,14 @@ class _Metric:
         self.label_names = tuple(labels)
 
     def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        help_ = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        return [f"# HELP {self.name} {help_}", f"# TYPE {self.name} {self.kind}"]
+
+    def _check(self, labels: LabelValues) -> None:
+        """Called for a label set's first sample only: a wrong count would otherwise
+        surface at scrape time and break all of /metrics."""
+        if len(labels) != len(self.label_names):
+            raise ValueError(f"{self.name} takes labels {self.label_names}, got {labels}")
 
     def samples(self) -> Iterator[str]:
         raise NotImplementedError
@@ -79,7 +86,11 @@ class Counter(_Metric):
         self.values: dict[LabelValues, float] = {}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        current = self.values.get(labels)
+        if current is None:
+            self._check(labels)
+            current = 0.0
+        self.values[labels] = current + amount
 
     def get(self, *labels: str) -> float:
         return self.values.get(labels, 0.0)
@@ -95,6 +106,8 @@ class Gauge(Counter):
     kind = "gauge"
 
     def set(self, *labels: str, value: float) -> None:
+        if labels not in self.values:
+            self._check(labels)
         self.values[labels] = value
 
     def dec(self, *labels: str, amount: float = 1.0) -> None:
@@ -121,6 +134,7 @@ class Histogram(_Metric):
     def observe(self, value: float, *labels: str) -> None:
         series = self.series.get(labels)
         if series is None:
+            self._check(labels)
             series = self.series[labels] = ([0] * (len(self.bounds) + 1), [0.0])
         series[0][bisect.bisect_left(self.bounds, value)] += 1
         series[1][0] += value

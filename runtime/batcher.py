@@ -9,6 +9,7 @@ being read). A lone request never waits, so batching costs nothing at concurrenc
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 from kindling.errors import InvalidInput, KindlingError
 
 Tensors = dict[str, np.ndarray]
+log = logging.getLogger("kindling.runtime")
 
 
 @dataclass
@@ -58,6 +60,8 @@ class AdaptiveBatcher:
         self.arriving = 0
         """Requests past routing but not yet queued; only then is waiting worth it."""
         self._queue: deque[Pending] = deque()
+        self._current: list[Pending] = []
+        """The batch being collected or run: close() must fail these callers too."""
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -79,9 +83,11 @@ class AdaptiveBatcher:
                 await self._worker
             except asyncio.CancelledError:
                 pass
-        for pending in self._queue:
+            self._worker = None
+        for pending in [*self._current, *self._queue]:
             if not pending.future.done():
                 pending.future.set_exception(KindlingError("server is shutting down"))
+        self._current, self._queue = [], deque()
 
     async def _run(self) -> None:
         assert self._wakeup is not None
@@ -90,7 +96,8 @@ class AdaptiveBatcher:
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            batch = await self._collect()
+            batch = self._current = [self._queue.popleft()]
+            await self._collect(batch)
             started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self.executor, self._predict_batch, batch)
@@ -102,7 +109,10 @@ class AdaptiveBatcher:
             compute = time.perf_counter() - started
             rows = sum(p.rows for p in batch)
             if self.on_batch is not None:
-                self.on_batch(rows, compute)
+                try:
+                    self.on_batch(rows, compute)
+                except Exception:  # metrics must never stop the worker
+                    log.exception("batch observer failed")
             for p, result in zip(batch, outputs, strict=True):
                 if p.future.done():  # the caller went away
                     continue
@@ -111,10 +121,9 @@ class AdaptiveBatcher:
                 else:
                     p.future.set_result((result, BatchTimes(started - p.enqueued, compute, rows)))
 
-    async def _collect(self) -> list[Pending]:
-        """Take compatible waiting requests, and wait for arriving ones up to the delay."""
+    async def _collect(self, batch: list[Pending]) -> None:
+        """Add compatible waiting requests, and wait for arriving ones up to the delay."""
         assert self._wakeup is not None
-        batch = [self._queue.popleft()]
         rows = batch[0].rows
         deadline = time.perf_counter() + self.max_delay_s
         while rows < self.max_rows:
@@ -128,7 +137,6 @@ class AdaptiveBatcher:
             except TimeoutError:
                 self._take(batch, rows)
                 break
-        return batch
 
     def _take(self, batch: list[Pending], rows: int) -> int:
         """Move queued requests that fit and can merge with the batch; others keep their turn."""

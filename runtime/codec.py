@@ -9,6 +9,7 @@ length prefixes followed by the bytes.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,8 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
     if len(data) > limit:
         raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
+    if not decoder.eof:
+        raise InvalidInput(f"{encoding} body is truncated")
     return data
 
 
@@ -116,6 +119,8 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         offset += used
         if array.dtype == object and array.ndim == 0:
             raise InvalidInput("BYTES input must have a shape")
+        if raw["name"] in inputs:
+            raise InvalidInput(f"input {raw['name']!r} appears more than once")
         inputs[raw["name"]] = array
     if offset != len(binary):
         raise InvalidInput(
@@ -149,6 +154,8 @@ def _decode_output(raw: Any, binary_default: bool) -> RequestedOutput:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise InvalidInput("each requested output must be an object with a 'name'")
     params = raw.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"output {raw['name']!r}: 'parameters' must be an object")
     class_count = params.get("classification", 0)
     if not isinstance(class_count, int) or class_count < 0:
         raise InvalidInput(f"output {raw['name']!r}: 'classification' must be a count >= 0")
@@ -168,11 +175,16 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[np.ndarray
     if dtype is None:
         raise InvalidInput(f"input {name!r}: unsupported datatype {datatype!r}")
     shape = raw.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        type(d) is int and d >= 0
+        for d in shape  # JSON true/false are ints to Python
+    ):
         raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: no overflow for absurd shapes
     params = raw.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if not isinstance(params, dict):
+        raise InvalidInput(f"input {name!r}: 'parameters' must be an object")
+    size = params.get("binary_data_size")
 
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
@@ -181,6 +193,10 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[np.ndarray
             )
         chunk = binary[offset : offset + size]
         if datatype == "BYTES":
+            if count * 4 > size:  # every element has at least its 4-byte length prefix
+                raise InvalidInput(
+                    f"input {name!r}: {size} bytes cannot hold {count} BYTES elements"
+                )
             return _decode_bytes(chunk, count, name).reshape(shape), size
         if size != count * dtype.itemsize:
             raise InvalidInput(
@@ -196,7 +212,7 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[np.ndarray
         if datatype == "BYTES":
             array = np.array([_as_bytes(v) for v in _flatten(raw["data"])], dtype=object)
         else:
-            array = np.asarray(raw["data"], dtype=dtype).reshape(-1)
+            array = _json_numbers(raw["data"], dtype)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidInput(
             f"input {name!r}: data does not match datatype {datatype}: {exc}"
@@ -204,6 +220,30 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[np.ndarray
     if array.size != count:
         raise InvalidInput(f"input {name!r}: shape {shape} needs {count} values, got {array.size}")
     return array.reshape(shape), 0
+
+
+# numpy kinds a JSON value may parse to, per target kind: bools only for BOOL, integers
+# for integer types, integers or floats for floating types. np.asarray(data, dtype)
+# alone would turn 1.7 into 1 for INT32 and the string "false" into True for BOOL.
+_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def _json_numbers(data: Any, dtype: np.dtype) -> np.ndarray:
+    parsed = np.asarray(data).reshape(-1)  # dtype from the JSON values themselves
+    if parsed.size == 0:
+        return parsed.astype(dtype)
+    if parsed.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        # Integers past int64 (UINT64's upper half) parse to float or object: redo exactly.
+        values = _flatten(data)
+        if dtype.kind not in "iu" or not all(type(v) is int for v in values):
+            raise TypeError(f"got {parsed.dtype.kind!r}-kind values ({parsed.dtype})")
+        parsed = np.array(values, dtype=object)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise OverflowError(f"values outside [{info.min}, {info.max}]")
+    with np.errstate(over="ignore"):  # FP16 overflow is inf, as in a binary tensor
+        return parsed.astype(dtype)
 
 
 def _flatten(data: Any) -> list[Any]:

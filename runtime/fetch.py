@@ -25,8 +25,15 @@ def fetch_model(
     timeout_s: float,
 ) -> Path:
     """Return a local path holding the model at `uri`, downloading it once into `cache_dir`."""
+    if "://" not in uri:  # a plain path: '#', '?' and '%' are part of the file name
+        path = Path(uri)
+        if "file" not in allowed_schemes:
+            raise ModelLoadError("model_uri scheme 'file' is not allowed")
+        if not path.is_file():
+            raise ModelLoadError(f"model_uri {uri!r}: no such file")
+        return path
     parts = urlsplit(uri)
-    scheme = parts.scheme.lower() or "file"
+    scheme = parts.scheme.lower()
     if scheme not in allowed_schemes:
         raise ModelLoadError(
             f"model_uri scheme {scheme!r} is not allowed (allowed: {', '.join(allowed_schemes)})"
@@ -47,7 +54,7 @@ def fetch_model(
         raise ModelLoadError(f"model_uri scheme {scheme!r} has no downloader")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".part{os.getpid()}")
-    last_error: Exception | None = None
+    last_error = ""
     for attempt in range(ATTEMPTS):
         try:
             download(uri, partial, timeout_s)
@@ -57,7 +64,7 @@ def fetch_model(
             partial.unlink(missing_ok=True)
             raise
         except Exception as exc:  # network errors vary by library; all are retried
-            last_error = exc
+            last_error = f"{type(exc).__name__}: {exc}"  # a message, not the open response
             partial.unlink(missing_ok=True)
             if attempt + 1 < ATTEMPTS:
                 time.sleep(BACKOFF_S * 2**attempt)
@@ -70,13 +77,21 @@ def _download_http(uri: str, dest: Path, timeout_s: float) -> None:
 
     try:
         with urllib.request.urlopen(uri, timeout=timeout_s) as response, dest.open("wb") as out:
+            expected = response.length  # from Content-Length; None when chunked
+            written = 0
             while chunk := response.read(1 << 20):
                 out.write(chunk)
+                written += len(chunk)
     except urllib.error.HTTPError as exc:
+        exc.close()
         if 400 <= exc.code < 500 and exc.code not in (408, 429):
             # Retrying a 404 or 403 only delays the error the operator needs to see.
-            raise ModelLoadError(f"downloading {uri!r} failed: HTTP {exc.code}") from exc
-        raise
+            raise ModelLoadError(f"downloading {uri!r} failed: HTTP {exc.code}") from None
+        raise OSError(f"HTTP {exc.code}") from None
+    # http.client ends a read early, without an error, when the connection drops; a
+    # short file must be retried, never cached.
+    if expected is not None and written != expected:
+        raise OSError(f"connection closed after {written} of {expected} bytes")
 
 
 def _download_s3(uri: str, dest: Path, timeout_s: float) -> None:

@@ -11,9 +11,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kindling.errors import KindlingError
+
+N = TypeVar("N", int, float)
 
 DEFAULT_PORT = 8080  # Knative's default containerPort, and OpenWhisk's action port
 
@@ -24,6 +26,16 @@ class ConfigError(KindlingError):
 
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def _number(env: Mapping[str, str], name: str, kind: type[N], default: N) -> N:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
 
 
 def _truthy(value: str | None, default: bool) -> bool:
@@ -78,18 +90,18 @@ class ServerSettings:
         values: dict[str, Any] = {
             "model_repository": Path(env.get("KINDLING_MODEL_REPOSITORY", "models")),
             "models": _csv(env.get("KINDLING_MODELS")),
-            "max_body_bytes": int(env.get("KINDLING_MAX_BODY_BYTES", 64 * 1024 * 1024)),
-            "download_timeout_s": float(env.get("KINDLING_DOWNLOAD_TIMEOUT_S", 30.0)),
+            "max_body_bytes": _number(env, "KINDLING_MAX_BODY_BYTES", int, 64 * 1024 * 1024),
+            "download_timeout_s": _number(env, "KINDLING_DOWNLOAD_TIMEOUT_S", float, 30.0),
             "optimized_cache": _truthy(env.get("KINDLING_OPTIMIZED_CACHE"), True),
-            "optimized_cache_delay_s": float(env.get("KINDLING_OPTIMIZED_CACHE_DELAY_S", 5.0)),
+            "optimized_cache_delay_s": _number(env, "KINDLING_OPTIMIZED_CACHE_DELAY_S", float, 5.0),
             "providers": _csv(env.get("KINDLING_PROVIDERS")),
-            "graceful_timeout_s": float(env.get("KINDLING_GRACEFUL_TIMEOUT_S", 30.0)),
+            "graceful_timeout_s": _number(env, "KINDLING_GRACEFUL_TIMEOUT_S", float, 30.0),
             "log_level": env.get("KINDLING_LOG_LEVEL", "info"),
         }
         if env.get("PORT"):
-            values["port"] = int(env["PORT"])
+            values["port"] = _number(env, "PORT", int, DEFAULT_PORT)
         if env.get("KINDLING_THREADS"):
-            values["threads"] = int(env["KINDLING_THREADS"])
+            values["threads"] = _number(env, "KINDLING_THREADS", int, 1)
         if env.get("KINDLING_MODEL_URI_SCHEMES"):
             values["uri_schemes"] = _csv(env["KINDLING_MODEL_URI_SCHEMES"])
         if env.get("KINDLING_CACHE_DIR"):
@@ -159,7 +171,7 @@ class ModelConfig:
                 description=str(data.get("description", "")),
                 version=str(data.get("version", "1")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{where}: invalid config ({exc!r})") from exc
 
     @property
@@ -168,11 +180,21 @@ class ModelConfig:
         return all(t.shape and t.shape[0] == -1 for t in self.inputs)
 
 
+# The OIP datatypes (KServe Open Inference Protocol, "Tensor Data Types"), less BF16,
+# which numpy cannot hold.
+DATATYPES = frozenset(
+    "BOOL UINT8 UINT16 UINT32 UINT64 INT8 INT16 INT32 INT64 FP16 FP32 FP64 BYTES".split()
+)
+
+
 def _tensor(data: Mapping[str, Any]) -> TensorSpec:
     pad = data.get("pad_value")
+    datatype = str(data["datatype"]).upper()
+    if datatype not in DATATYPES:
+        raise ValueError(f"tensor {data['name']!r}: unknown datatype {datatype!r}")
     return TensorSpec(
         name=str(data["name"]),
-        datatype=str(data["datatype"]).upper(),
+        datatype=datatype,
         shape=tuple(int(d) for d in data["shape"]),
         pad_value=None if pad is None else float(pad),
     )
