@@ -554,14 +554,20 @@ def test_model_subset_and_optimized_cache_reuse(tmp_path, model_repository, star
     first = start_runtime(
         repo, models=("squeezenet1_1",), env={"KINDLING_OPTIMIZED_CACHE_DELAY_S": "0"}
     )
-    assert json.loads(first.get("/v2/models/squeezenet1_1")[1])["parameters"]["optimized_cache_hit"] is False
+    assert (
+        json.loads(first.get("/v2/models/squeezenet1_1")[1])["parameters"]["optimized_cache_hit"]
+        is False
+    )
     deadline = time.monotonic() + 30
     while not list((repo / "squeezenet1_1" / ".kindling-cache").glob("*.ort.onnx")):
         assert time.monotonic() < deadline, "the optimized graph was never cached"
         time.sleep(0.05)
     assert first.stop() in DRAINED
     second = start_runtime(repo)
-    assert json.loads(second.get("/v2/models/squeezenet1_1")[1])["parameters"]["optimized_cache_hit"] is True
+    assert (
+        json.loads(second.get("/v2/models/squeezenet1_1")[1])["parameters"]["optimized_cache_hit"]
+        is True
+    )
     assert second.get("/v2/models/mobilenet_v2")[0] == 404
 
 
