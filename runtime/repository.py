@@ -32,7 +32,10 @@ def read_repository(settings: ServerSettings) -> list[ModelConfig]:
     root = settings.model_repository
     if not root.is_dir():
         raise ConfigError(f"model repository {root} is not a directory")
-    folders = sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file())
+    # Dot-folders are half-built models (the builder renames them into place when done).
+    folders = sorted(
+        p for p in root.iterdir() if not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
+    )
     available = {p.name: p for p in folders}
     if settings.models:
         unknown = [m for m in settings.models if m not in available]
