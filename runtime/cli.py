@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
         return 2
     loader = ModelLoader(configs, settings, settings.threads or available_cpus(), timeline)
     loader.start()
+    loader.imported.wait()
 
     from kindling.runtime.server import serve
 

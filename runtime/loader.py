@@ -31,15 +31,28 @@ class ModelLoader(threading.Thread):
         self.threads = threads
         self.timeline = timeline
         self.models: dict[str, Model] = {}
-        self.created = threading.Event()
-        """Set once `models` holds every Model (loading or not): the server needs them."""
+        self.imported = threading.Event()
+        """Set once `models` holds every Model and onnxruntime is imported. The main thread
+        waits for it before importing the HTTP stack: the two imports would only slow
+        each other down (both hold the GIL), while session creation, which releases it,
+        overlaps the HTTP stack's import for free."""
 
     def run(self) -> None:
+        fetchers: list[threading.Thread] = []
         try:
             from kindling.runtime.model import Model
 
             self.models = {c.name: Model(c) for c in self.configs}
+            # Downloads wait on the network, not the GIL: they overlap the import below.
+            for model in self.models.values():
+                fetcher = threading.Thread(
+                    target=model.fetch, args=(self.settings, self.timeline), daemon=True
+                )
+                fetcher.start()
+                fetchers.append(fetcher)
+            import onnxruntime  # noqa: F401
         finally:
-            self.created.set()
-        for model in self.models.values():
+            self.imported.set()
+        for model, fetcher in zip(self.models.values(), fetchers, strict=True):
+            fetcher.join()
             model.load(self.settings, self.threads, self.settings.providers, self.timeline)

@@ -45,6 +45,7 @@ class Model:
         self.provider = ""
         self.optimized_cache_hit = False
         self.loaded = threading.Event()
+        self._path: Path | None = None
         # What `save_optimized_cache` writes once the server is ready, if anything.
         self._pending_cache: tuple[Path, Path, int, list[str]] | None = None
         self._specs = {t.name: t for t in config.inputs}
@@ -57,6 +58,24 @@ class Model:
 
     # -- loading (runs in the loader thread) -------------------------------------------
 
+    def fetch(self, settings: ServerSettings, timeline: ColdStartTimeline) -> None:
+        """Bring the model file to local disk; runs alongside the onnxruntime import."""
+        try:
+            if self.config.model_uri:
+                self._path = fetch_model(
+                    self.config.model_uri,
+                    settings.uri_schemes,
+                    settings.cache_dir or DEFAULT_CACHE_DIR,
+                    settings.download_timeout_s,
+                )
+            else:
+                self._path = self.config.path / self.config.model_file
+                if not self._path.is_file():
+                    raise ModelLoadError(f"model file {self._path} does not exist")
+            timeline.mark("fetched", self.name)
+        except Exception as exc:  # any failure leaves the model FAILED with a clear reason
+            self._fail(exc)
+
     def load(
         self,
         settings: ServerSettings,
@@ -64,15 +83,20 @@ class Model:
         providers: tuple[str, ...],
         timeline: ColdStartTimeline,
     ) -> None:
+        """Session, warm-up, ready: after `fetch`, in the loader thread."""
         try:
-            self._load(settings, threads, providers, timeline)
-            self.state = ModelState.READY
-            timeline.mark("ready", self.name)
+            if self.state is ModelState.LOADING:
+                self._load(settings, threads, providers, timeline)
+                self.state = ModelState.READY
+                timeline.mark("ready", self.name)
         except Exception as exc:  # any failure leaves the model FAILED with a clear reason
-            self.error = exc.message if isinstance(exc, KindlingError) else f"{exc!r}"
-            self.state = ModelState.FAILED
+            self._fail(exc)
         finally:
             self.loaded.set()
+
+    def _fail(self, exc: Exception) -> None:
+        self.error = exc.message if isinstance(exc, KindlingError) else f"{exc!r}"
+        self.state = ModelState.FAILED
 
     def _load(
         self,
@@ -81,17 +105,9 @@ class Model:
         providers: tuple[str, ...],
         timeline: ColdStartTimeline,
     ) -> None:
+        path = self._path
+        assert path is not None, "fetch() runs before load()"
         cache_dir = settings.cache_dir or DEFAULT_CACHE_DIR
-        if self.config.model_uri:
-            path = fetch_model(
-                self.config.model_uri, settings.uri_schemes, cache_dir, settings.download_timeout_s
-            )
-        else:
-            path = self.config.path / self.config.model_file
-            if not path.is_file():
-                raise ModelLoadError(f"model file {path} does not exist")
-        timeline.mark("fetched", self.name)
-
         from kindling.runtime.preprocess import make_preprocessor
         from kindling.runtime.session import choose_providers, create_session, optimized_path
 

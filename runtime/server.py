@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-# The HTTP stack first: it needs no numpy, so it imports while the loader thread imports
-# numpy and onnxruntime; the runtime's own modules (which need numpy) come after.
-import starlette.applications  # noqa: F401
 import uvicorn
 
 from kindling.runtime.app import create_app
@@ -50,7 +47,6 @@ class RuntimeServer(uvicorn.Server):
 
 
 def serve(settings: ServerSettings, loader: ModelLoader, timeline: ColdStartTimeline) -> int:
-    loader.created.wait()
     models = loader.models
     plane = DataPlane(models, timeline)
     app = create_app(settings, plane)
