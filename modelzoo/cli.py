@@ -8,6 +8,8 @@ from pathlib import Path
 
 from kindling.modelzoo import build
 
+EMBEDDINGS_DIR = ".embeddings"  # the runtime's default embedded store, in the repository
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kindling models", description=__doc__)
@@ -49,6 +51,15 @@ def _build(args: argparse.Namespace) -> int:
             print(f"{line}  {r.detail.rstrip()}", file=sys.stderr, flush=True)
 
     results = build.build_all(args.out, args.only, cache=cache, force=args.force, report=report)
+    text_models = {"kim_cnn", "sm_cnn"} & {r.name for r in results if r.ok}
+    if text_models:
+        # The text CNNs answer out of the box only with their word vectors in the embedded
+        # store the runtime defaults to: <repository>/.embeddings.
+        from kindling.modelzoo.word_vectors import load_demo_tables
+
+        vectors = (cache or args.out / ".embeddings-src") / "vectors"
+        for table in load_demo_tables(args.out / EMBEDDINGS_DIR, vectors):
+            print(f"{table:<14} loaded into {args.out / EMBEDDINGS_DIR}", flush=True)
     bad = [r for r in results if not r.ok]
     summary = f"{len(results) - len(bad)} of {len(results)} models ready in {args.out}"
     if bad:

@@ -63,17 +63,32 @@ def _channels_first(g: GraphBuilder, x: str) -> str:
     return g.op("Transpose", [x], name=f"{x}.t", perm=[0, 2, 1])
 
 
+def word_vectors(table: str, inputs: dict[str, str]) -> dict[str, Any]:
+    """The runtime's text path of paper 000: clean_str_sst tokens -> vectors from `table`.
+
+    min_length is the widest filter (Kim's code pads every sentence to it); max_length
+    bounds a request's cost: SST's longest sentence has 56 tokens (Kim 2014, Table 1)."""
+    return {
+        "kind": "word_vectors",
+        "table": table,
+        "tokenizer": "clean_str_sst",
+        "min_length": max(max(KIM_WIDTHS), SM_WIDTH),
+        "max_length": 64,
+        "inputs": inputs,
+    }
+
+
 def config_kim_cnn() -> dict[str, Any]:
-    return make_config(
+    config = make_config(
         "kim_cnn",
-        inputs=[
-            {"name": "embeddings", "datatype": "FP32", "shape": [-1, -1, KIM_DIM], "pad_value": 0.0}
-        ],
+        inputs=[{"name": "text", "datatype": "BYTES", "shape": [-1]}],
         outputs=[{"name": "probabilities", "datatype": "FP32", "shape": [-1, KIM_CLASSES]}],
         description=(
             "Kim CNN, static variant (Kim 2014, 'Convolutional Neural Networks for Sentence "
-            "Classification'; castorini/serverless-inference kim_cnn): input is the "
-            "sentence's 300-d word2vec vectors [batch, length, 300]; wide convolutions of "
+            "Classification'; castorini/serverless-inference kim_cnn): served input is a "
+            "BYTES batch of sentences, tokenized with clean_str_sst and looked up in the "
+            "300-d table demo300; the graph takes the sentence's 300-d word vectors "
+            "[batch, length, 300] (graph input 'embeddings'); wide convolutions of "
             "widths 3, 4, 5 with 100 filters each, ReLU, max over time, linear 300 -> 5, "
             "softmax over the 5 SST-1 classes. Sequence length: any length >= 1 (wide "
             "convolution pads width-1 zeros each side, as Kim's code does); zero-padding "
@@ -81,6 +96,8 @@ def config_kim_cnn() -> dict[str, Any]:
             "seeded random, not trained."
         ),
     )
+    config["preprocess"] = word_vectors("demo300", {"text": "embeddings"})
+    return config
 
 
 def build_kim_cnn() -> SampleModel:
@@ -98,15 +115,17 @@ def build_kim_cnn() -> SampleModel:
 
 
 def config_sm_cnn() -> dict[str, Any]:
-    sentence = {"datatype": "FP32", "shape": [-1, -1, SM_DIM], "pad_value": 0.0}
-    return make_config(
+    sentence = {"datatype": "BYTES", "shape": [-1]}
+    config = make_config(
         "sm_cnn",
         inputs=[{"name": "question", **sentence}, {"name": "answer", **sentence}],
         outputs=[{"name": "probabilities", "datatype": "FP32", "shape": [-1, SM_CLASSES]}],
         description=(
             "SM CNN (Severyn & Moschitti 2015, 'Learning to Rank Short Text Pairs with "
             "Convolutional Deep Neural Networks'; castorini/serverless-inference sm_cnn): "
-            "question and answer are [batch, length, 50] word vectors; per sentence a wide "
+            "served inputs question and answer are BYTES batches of sentences, tokenized "
+            "with clean_str_sst and looked up in the 50-d table demo50; the graph takes "
+            "[batch, length, 50] word vectors for each; per sentence a wide "
             "convolution of width 5 with 100 filters, tanh, max over time; join layer "
             "[x_q; x_q^T M x_a; x_a] (201), hidden layer 201 tanh, softmax over 2 classes "
             "(irrelevant, relevant). Sequence length: any length >= 1 per input (wide "
@@ -114,6 +133,8 @@ def config_sm_cnn() -> dict[str, Any]:
             "length. Weights are seeded random, not trained."
         ),
     )
+    config["preprocess"] = word_vectors("demo50", {"question": "question", "answer": "answer"})
+    return config
 
 
 def build_sm_cnn() -> SampleModel:

@@ -32,6 +32,7 @@ def main(argv: list[str]) -> int:
     from kindling.runtime.loader import ModelLoader
     from kindling.runtime.repository import read_repository
     from kindling.runtime.settings import ConfigError, ServerSettings
+    from kindling.runtime.telemetry import RuntimeMetrics
 
     timeline = ColdStartTimeline()  # measured from exec, read from /proc
     args = parse_args(argv)
@@ -45,10 +46,28 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"kindling serve: {exc.message}", file=sys.stderr)
         return 2
-    loader = ModelLoader(configs, settings, settings.threads or available_cpus(), timeline)
+    metrics = RuntimeMetrics(timeline)
+    embedding_settings = None
+    if any(c.preprocess.get("kind") == "word_vectors" for c in configs):
+        from kindling.embeddings.settings import DEFAULT_DIR, EmbeddingSettings
+
+        embedding_settings = EmbeddingSettings.from_env()
+        if embedding_settings.store_dir == DEFAULT_DIR:
+            # No store named: the one `kindling models build` fills beside the models.
+            embedding_settings = embedding_settings.replace(
+                store_dir=settings.model_repository / ".embeddings"
+            )
+    loader = ModelLoader(
+        configs,
+        settings,
+        settings.threads or available_cpus(),
+        timeline,
+        metrics.registry,
+        embedding_settings,
+    )
     loader.start()
     loader.imported.wait()
 
     from kindling.runtime.server import serve
 
-    return serve(settings, loader, timeline)
+    return serve(settings, loader, metrics)

@@ -35,25 +35,30 @@ class InferResult:
 
 
 class DataPlane:
-    def __init__(self, models: dict[str, Model], timeline: ColdStartTimeline) -> None:
+    def __init__(self, models: dict[str, Model], metrics: RuntimeMetrics) -> None:
         self.models = models
-        self.timeline = timeline
-        self.metrics = RuntimeMetrics(timeline)
+        self.metrics = metrics
+        self.timeline: ColdStartTimeline = metrics.timeline
         self._served_one = False
         # One inference thread per model: onnxruntime already spreads a run over the
         # intra-op threads, so two runs at once would only fight over the same cores.
         self._executors = {name: ThreadPoolExecutor(1, f"infer-{name}") for name in models}
-        self._batchers = {
-            name: AdaptiveBatcher(
+        self._batchers: dict[str, AdaptiveBatcher] = {}
+
+    def _batcher(self, model: Model) -> AdaptiveBatcher:
+        """The model's batcher, made on first use: its padding rules come from the loaded
+        model's preprocessor."""
+        batcher = self._batchers.get(model.name)
+        if batcher is None:
+            batcher = self._batchers[model.name] = AdaptiveBatcher(
                 predict=model.predict,
-                executor=self._executors[name],
+                executor=self._executors[model.name],
                 max_rows=model.max_rows,
                 max_delay_s=model.config.max_queue_delay_ms / 1000,
-                pad_values={t.name: t.pad_value for t in model.config.inputs},
-                on_batch=self._batch_observer(name),
+                pad_values=model.pad_values,
+                on_batch=self._batch_observer(model.name),
             )
-            for name, model in models.items()
-        }
+        return batcher
 
     # -- health and metadata ----------------------------------------------------------
 
@@ -103,11 +108,12 @@ class DataPlane:
         in_flight.inc(name)
         try:
             model = self.ready_model(name, version)
-            batcher = self._batchers[name]
+            batcher = self._batcher(model)
             batcher.arriving += 1
             try:
                 request = await read_request()
                 inputs, rows = model.validate(request.inputs)
+                inputs = await model.prepare(inputs)
             finally:
                 batcher.arriving -= 1
             outputs, times = await batcher.infer(inputs, rows)

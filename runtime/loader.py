@@ -10,10 +10,13 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from kindling.metrics import Registry
 from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.settings import ModelConfig, ServerSettings
 
 if TYPE_CHECKING:
+    from kindling.embeddings.lookup import EmbeddingStore
+    from kindling.embeddings.settings import EmbeddingSettings
     from kindling.runtime.model import Model
 
 
@@ -24,12 +27,17 @@ class ModelLoader(threading.Thread):
         settings: ServerSettings,
         threads: int,
         timeline: ColdStartTimeline,
+        registry: Registry,
+        embedding_settings: EmbeddingSettings | None = None,
     ) -> None:
         super().__init__(name="model-loader", daemon=True)
         self.configs = configs
         self.settings = settings
         self.threads = threads
         self.timeline = timeline
+        self.registry = registry
+        self.embedding_settings = embedding_settings
+        self._store: EmbeddingStore | None = None
         self.models: dict[str, Model] = {}
         self.imported = threading.Event()
         """Set once `models` holds every Model and onnxruntime is imported. The main thread
@@ -55,4 +63,15 @@ class ModelLoader(threading.Thread):
             self.imported.set()
         for model, fetcher in zip(self.models.values(), fetchers, strict=True):
             fetcher.join()
-            model.load(self.settings, self.threads, self.settings.providers, self.timeline)
+            model.load(self.settings, self.threads, self.timeline, self.embedding_store)
+
+    def embedding_store(self) -> EmbeddingStore:
+        """The one store every text model shares, opened by the first that needs it (so
+        models without word vectors never import the Redis client)."""
+        if self._store is None:
+            from kindling.embeddings.lookup import EmbeddingStore
+            from kindling.embeddings.settings import EmbeddingSettings
+
+            settings = self.embedding_settings or EmbeddingSettings()
+            self._store = EmbeddingStore.from_settings(settings, self.registry)
+        return self._store

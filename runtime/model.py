@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +20,19 @@ from kindling.runtime.settings import ModelConfig, ServerSettings, TensorSpec
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+    from kindling.embeddings.lookup import EmbeddingStore
     from kindling.runtime.preprocess import Preprocessor
 
+ORT_TYPES: dict[str, type] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
 # Length given to dynamic non-batch dimensions of the warm-up input: long enough for the
 # widest text-CNN filter (5, Severyn & Moschitti 2015), short enough to cost nothing.
 WARMUP_DYNAMIC_DIM = 16
@@ -80,13 +92,13 @@ class Model:
         self,
         settings: ServerSettings,
         threads: int,
-        providers: tuple[str, ...],
         timeline: ColdStartTimeline,
+        embedding_store: Callable[[], EmbeddingStore],
     ) -> None:
         """Session, warm-up, ready: after `fetch`, in the loader thread."""
         try:
             if self.state is ModelState.LOADING:
-                self._load(settings, threads, providers, timeline)
+                self._load(settings, threads, timeline, embedding_store)
                 self.state = ModelState.READY
                 timeline.mark("ready", self.name)
         except Exception as exc:  # any failure leaves the model FAILED with a clear reason
@@ -102,8 +114,8 @@ class Model:
         self,
         settings: ServerSettings,
         threads: int,
-        providers: tuple[str, ...],
         timeline: ColdStartTimeline,
+        embedding_store: Callable[[], EmbeddingStore],
     ) -> None:
         path = self._path
         assert path is not None, "fetch() runs before load()"
@@ -111,18 +123,19 @@ class Model:
         from kindling.runtime.preprocess import make_preprocessor
         from kindling.runtime.session import choose_providers, create_session, optimized_path
 
-        chosen = choose_providers(providers)
+        chosen = choose_providers(settings.providers)
         cache_path = optimized_path(path, chosen, cache_dir) if settings.optimized_cache else None
         self.session, self.optimized_cache_hit = create_session(path, threads, chosen, cache_path)
         if cache_path is not None and not self.optimized_cache_hit:
             self._pending_cache = (path, cache_path, threads, chosen)
         self.provider = self.session.get_providers()[0]
         timeline.mark("session", self.name)
-        graph_inputs = [i.name for i in self.session.get_inputs()]
-        self.preprocessor = make_preprocessor(self.config, graph_inputs)
-        self._check_graph(graph_inputs)
+        graph_inputs = {i.name: list(i.shape) for i in self.session.get_inputs()}
+        self.preprocessor = make_preprocessor(self.config, graph_inputs, embedding_store)
+        self._check_graph(list(graph_inputs))
         if self.config.warmup:
-            self.predict(self._warmup_inputs())
+            # Straight into the graph: a warm-up must not depend on Redis being up.
+            self.session.run(self._output_names, self._warmup_feed())
             timeline.mark("warmup", self.name)
 
     def _check_graph(self, graph_inputs: list[str]) -> None:
@@ -136,16 +149,24 @@ class Model:
                 f"config.yaml of {self.name!r} names tensors the ONNX graph lacks: {missing}"
             )
 
-    def _warmup_inputs(self) -> dict[str, np.ndarray]:
-        inputs = {}
-        for spec in self.config.inputs:
-            shape = [1 if i == 0 else WARMUP_DYNAMIC_DIM for i in range(len(spec.shape))]
-            shape = [d if d > 0 else shape[i] for i, d in enumerate(spec.shape)]
-            if spec.datatype == "BYTES":
-                inputs[spec.name] = np.full(shape, b"warm up", dtype=object)
-            else:
-                inputs[spec.name] = np.zeros(shape, dtype=DTYPES[spec.datatype])
-        return self.validate(inputs)[0]
+    def _warmup_feed(self) -> dict[str, np.ndarray]:
+        """Zeros for every graph input: batch 1, other dynamic dimensions 16."""
+        assert self.session is not None
+        feed = {}
+        for node in self.session.get_inputs():
+            shape = [
+                d if isinstance(d, int) and d > 0 else (1 if i == 0 else WARMUP_DYNAMIC_DIM)
+                for i, d in enumerate(node.shape)
+            ]
+            feed[node.name] = np.zeros(shape, dtype=ORT_TYPES.get(node.type, np.float32))
+        return feed
+
+    @property
+    def pad_values(self) -> dict[str, float | None]:
+        """Per input the batcher merges (after `prepare`): its padding value, if any."""
+        if self.preprocessor is not None:
+            return self.preprocessor.pad_values
+        return {t.name: t.pad_value for t in self.config.inputs}
 
     def save_optimized_cache(self) -> None:
         """Write the optimized graph for the next cold start (off the critical path)."""
@@ -179,6 +200,12 @@ class Model:
         if self.preprocessor is not None:
             inputs = self.preprocessor.validate(inputs)
         return inputs, rows.pop()
+
+    async def prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-request preprocessing that may wait on I/O (embedding lookups)."""
+        if self.preprocessor is None:
+            return inputs
+        return await self.preprocessor.prepare(inputs)
 
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one (possibly merged) batch; called from the inference thread."""

@@ -1,24 +1,40 @@
 """Turning served inputs (text as OIP BYTES) into the tensors the ONNX graph takes.
 
-A preprocessor has two steps: `validate` runs per request before batching, so one
-caller's bad text fails only that caller; `__call__` runs on a whole batch in the
-inference thread.
+A preprocessor has three steps, each where its cost and failures belong:
+- `validate` runs per request on the event loop before batching, so one caller's bad
+  text fails only that caller;
+- `prepare` runs per request, may wait on I/O (an embedding lookup), and also fails only
+  its caller: a Redis outage costs the requests that needed Redis, not a whole batch;
+- `__call__` runs on a whole batch in the inference thread (batch-wide tokenization).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from kindling.errors import InvalidInput
+from kindling.errors import InferenceError, InvalidInput
 from kindling.runtime.settings import ConfigError, ModelConfig
+from kindling.runtime.text import TOKENIZERS
+
+if TYPE_CHECKING:
+    from kindling.embeddings.lookup import EmbeddingStore
+
+Tensors = dict[str, np.ndarray]
 
 
 class Preprocessor(Protocol):
-    def validate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    pad_values: dict[str, float | None]
+    """Per prepared input: the value the batcher pads dynamic dimensions with (None: never)."""
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def validate(self, inputs: Tensors) -> Tensors: ...
+
+    async def prepare(self, inputs: Tensors) -> Tensors: ...
+
+    def __call__(self, batch: Tensors) -> Tensors: ...
 
 
 def decode_text(name: str, array: np.ndarray) -> np.ndarray:
@@ -50,11 +66,15 @@ class HFTokenizer:
         self.tokenizer.enable_padding()
         self.text_input = config.inputs[0].name
         self.onnx_inputs = onnx_inputs
+        self.pad_values = {t.name: None for t in config.inputs}
 
-    def validate(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def validate(self, inputs: Tensors) -> Tensors:
         return {k: decode_text(k, v) for k, v in inputs.items()}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def prepare(self, inputs: Tensors) -> Tensors:
+        return inputs
+
+    def __call__(self, batch: Tensors) -> Tensors:
         encodings = self.tokenizer.encode_batch(list(batch[self.text_input].reshape(-1)))
         tensors = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
@@ -64,14 +84,96 @@ class HFTokenizer:
         return {name: tensors[name] for name in self.onnx_inputs}
 
 
-PREPROCESSORS: dict[str, Any] = {"hf_tokenizer": HFTokenizer}
+class WordVectors:
+    """Paper 000's text path: tokenize, look each word up in an embedding table, stack.
+
+    One lookup per request fetches every distinct word of all its sentences (one Redis
+    round trip, or none when the cache holds them); paper 000 made one DynamoDB
+    BatchGetItem per 100 words. Sentences shorter than `min_length` are padded with zero
+    vectors, as Kim's code pads them for the widest filter; the batcher then pads
+    requests of different lengths together.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        graph_inputs: dict[str, list[Any]],
+        store: Callable[[], EmbeddingStore],
+    ) -> None:
+        spec = config.preprocess
+        try:
+            self.table = str(spec["table"])
+            self.tokenize = TOKENIZERS[str(spec.get("tokenizer", "clean_str_sst"))]
+        except KeyError as exc:
+            raise ConfigError(
+                f"{config.name}: preprocess needs a table and a known tokenizer ({exc})"
+            ) from None
+        self.max_length = int(spec.get("max_length", 100))
+        self.min_length = int(spec.get("min_length", 1))
+        # served BYTES input -> ONNX input of word vectors [batch, words, dim]
+        self.inputs: dict[str, str] = dict(
+            spec.get("inputs") or {t.name: t.name for t in config.inputs}
+        )
+        unknown = [o for o in self.inputs.values() if o not in graph_inputs]
+        if unknown:
+            raise ConfigError(f"{config.name}: preprocess maps to graph inputs it lacks: {unknown}")
+        dims = {graph_inputs[o][-1] for o in self.inputs.values()}
+        self.dim = (
+            dims.pop() if len(dims) == 1 and isinstance(next(iter(dims), None), int) else None
+        )
+        self.pad_values: dict[str, float | None] = {o: 0.0 for o in self.inputs.values()}
+        self.store = store()
+
+    def validate(self, inputs: Tensors) -> Tensors:
+        tokenized = {}
+        for name, array in inputs.items():
+            texts = decode_text(name, array).reshape(-1)
+            tokens = np.empty(len(texts), dtype=object)
+            for i, text in enumerate(texts):
+                tokens[i] = self.tokenize(text)[: self.max_length]
+            tokenized[name] = tokens
+        return tokenized
+
+    async def prepare(self, inputs: Tensors) -> Tensors:
+        # The store's client is synchronous; a thread keeps the event loop serving.
+        return await asyncio.to_thread(self._vectors, inputs)
+
+    def _vectors(self, inputs: Tensors) -> Tensors:
+        words = list(dict.fromkeys(w for tokens in inputs.values() for ws in tokens for w in ws))
+        result = self.store.lookup(self.table, words) if words else None
+        if result is not None and self.dim is not None and result.dim != self.dim:
+            raise InferenceError(
+                f"table {self.table!r} has {result.dim}-d vectors, the model takes {self.dim}"
+            )
+        dim = result.dim if result is not None else int(self.dim or 0)
+        row = {w: i for i, w in enumerate(words)}
+        out: Tensors = {}
+        for served, onnx_name in self.inputs.items():
+            sentences = inputs[served]
+            length = max(self.min_length, 1, *(len(ws) for ws in sentences))
+            stacked = np.zeros((len(sentences), length, dim), dtype=np.float32)
+            for i, ws in enumerate(sentences):
+                if ws:
+                    assert result is not None
+                    stacked[i, : len(ws)] = result.vectors[[row[w] for w in ws]]
+            out[onnx_name] = stacked
+        return out
+
+    def __call__(self, batch: Tensors) -> Tensors:
+        return batch
 
 
-def make_preprocessor(config: ModelConfig, onnx_inputs: list[str]) -> Preprocessor | None:
+def make_preprocessor(
+    config: ModelConfig,
+    graph_inputs: dict[str, list[Any]],
+    store: Callable[[], EmbeddingStore],
+) -> Preprocessor | None:
+    """The model's preprocessor; `graph_inputs` maps ONNX input names to their shapes."""
     if not config.preprocess:
         return None
     kind = config.preprocess.get("kind")
-    factory = PREPROCESSORS.get(str(kind))
-    if factory is None:
-        raise ConfigError(f"{config.name}: unknown preprocess kind {kind!r}")
-    return factory(config, onnx_inputs)
+    if kind == "hf_tokenizer":
+        return HFTokenizer(config, list(graph_inputs))
+    if kind == "word_vectors":
+        return WordVectors(config, graph_inputs, store)
+    raise ConfigError(f"{config.name}: unknown preprocess kind {kind!r}")

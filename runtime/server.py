@@ -12,6 +12,7 @@ from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.loader import ModelLoader
 from kindling.runtime.model import Model
 from kindling.runtime.settings import ServerSettings
+from kindling.runtime.telemetry import RuntimeMetrics
 
 
 class RuntimeServer(uvicorn.Server):
@@ -46,9 +47,10 @@ class RuntimeServer(uvicorn.Server):
             await asyncio.to_thread(model.save_optimized_cache)
 
 
-def serve(settings: ServerSettings, loader: ModelLoader, timeline: ColdStartTimeline) -> int:
+def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics) -> int:
     models = loader.models
-    plane = DataPlane(models, timeline)
+    timeline = metrics.timeline
+    plane = DataPlane(models, metrics)
     app = create_app(settings, plane)
     timeline.mark("imports")
     config = uvicorn.Config(

@@ -19,11 +19,17 @@ import tritonclient.http as triton
 import yaml
 from tokenizers import Tokenizer
 
+from kindling.embeddings.lookup import EmbeddingStore
+from kindling.embeddings.settings import EmbeddingSettings
+from kindling.runtime.text import clean_str_sst
 from tests.conftest import SAMPLE_MODELS, RuntimeProcess, launch_runtime
 
 pytestmark = pytest.mark.integration
 
-SENTENCES = [b"A man is eating food.", b"The new movie is awesome, I loved every minute of it."]
+WORDS = (
+    "the a movie film is was great terrible plot actors , ! ? ( ) it's qwxzy "
+    "dull brilliant who wrote hamlet shakespeare tragedy play 1603 ; -- éclair"
+).split()
 DTYPES = {"FP32": np.float32, "INT64": np.int64}
 # uvicorn re-raises SIGTERM once it has drained, so a clean stop exits by that signal.
 DRAINED = (0, -signal.SIGTERM)
@@ -54,10 +60,13 @@ def config_of(repository: Path, model: str) -> dict:
 
 
 def sample_inputs(config: dict, batch: int, rng: np.random.Generator, length: int = 9) -> dict:
+    """Random tensors, or for text inputs sentences of `length` words (some unknown to
+    the demo tables, and one with punctuation clean_str_sst strips)."""
     inputs = {}
     for spec in config["inputs"]:
         if spec["datatype"] == "BYTES":
-            inputs[spec["name"]] = np.array((SENTENCES * batch)[:batch], dtype=object)
+            sentences = [" ".join(rng.choice(WORDS, length)).encode() for _ in range(batch)]
+            inputs[spec["name"]] = np.array(sentences, dtype=object)
             continue
         shape = [
             batch if i == 0 else (length if d == -1 else d) for i, d in enumerate(spec["shape"])
@@ -71,7 +80,10 @@ def reference(repository: Path, model: str, inputs: dict) -> dict:
     config = config_of(repository, model)
     session = ort.InferenceSession(str(repository / model / "model.onnx"))
     feed = inputs
-    if config.get("preprocess"):
+    kind = config.get("preprocess", {}).get("kind")
+    if kind == "word_vectors":
+        feed = word_vectors(repository, config["preprocess"], inputs)
+    elif kind == "hf_tokenizer":
         tokenizer = Tokenizer.from_file(str(repository / model / config["preprocess"]["tokenizer"]))
         tokenizer.enable_truncation(config["preprocess"]["max_length"])
         tokenizer.enable_padding()
@@ -83,6 +95,24 @@ def reference(repository: Path, model: str, inputs: dict) -> dict:
         }
     names = [o["name"] for o in config["outputs"]]
     return dict(zip(names, session.run(names, feed), strict=True))
+
+
+def word_vectors(repository: Path, spec: dict, inputs: dict) -> dict:
+    """Paper 000's text path done by hand: clean_str_sst, table lookup, zero padding."""
+    store = EmbeddingStore.from_settings(EmbeddingSettings(store_dir=repository / ".embeddings"))
+    feed = {}
+    for served, graph_input in spec["inputs"].items():
+        tokens = [clean_str_sst(s.decode())[: spec["max_length"]] for s in inputs[served]]
+        length = max(spec["min_length"], *(len(t) for t in tokens))
+        rows = []
+        for words in tokens:
+            vectors = store.lookup(spec["table"], words).vectors if words else np.zeros((0, 1))
+            row = np.zeros((length, store.info(spec["table"]).dim), np.float32)
+            row[: len(words)] = vectors
+            rows.append(row)
+        feed[graph_input] = np.stack(rows)
+    store.close()
+    return feed
 
 
 def infer(
@@ -218,7 +248,7 @@ def test_variable_length_sentences_are_padded_without_changing_results(
     # in a batch leaves its output unchanged: each caller must get its unpadded answer.
     config = config_of(model_repository, model)
     rng = np.random.default_rng(3)
-    inputs = [sample_inputs(config, batch=1, rng=rng, length=n) for n in (1, 5, 8, 13, 21) * 4]
+    inputs = [sample_inputs(config, batch=1, rng=rng, length=n) for n in (1, 5, 8, 13, 70) * 4]
     results = infer_concurrently(client, config, inputs)
     for x, r in zip(inputs, results, strict=True):
         expected = reference(model_repository, model, x)["probabilities"]
@@ -276,8 +306,14 @@ BAD_REQUESTS = {
     "missing input": (
         "/v2/models/sm_cnn/infer",
         _json(
-            {"inputs": [{**IMAGE, "name": "question", "shape": [1, 7, 50], "data": [0.0] * 350}]}
+            {"inputs": [{"name": "question", "datatype": "BYTES", "shape": [1], "data": ["who?"]}]}
         ),
+        {},
+        400,
+    ),
+    "vectors to a text model": (
+        "/v2/models/kim_cnn/infer",
+        _json({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [0.5]}]}),
         {},
         400,
     ),
@@ -310,12 +346,7 @@ BAD_REQUESTS = {
         _json(
             {
                 "inputs": [
-                    {
-                        "name": "embeddings",
-                        "datatype": "FP32",
-                        "shape": [33, 5, 300],
-                        "data": [0.0] * 49500,
-                    }
+                    {"name": "text", "datatype": "BYTES", "shape": [33], "data": ["a film"] * 33}
                 ]
             }
         ),
@@ -381,15 +412,9 @@ BAD_REQUESTS = {
         ),
         400,
     ),
-    "empty sentence": (
+    "empty batch": (
         "/v2/models/kim_cnn/infer",
-        _json(
-            {
-                "inputs": [
-                    {"name": "embeddings", "datatype": "FP32", "shape": [1, 0, 300], "data": []}
-                ]
-            }
-        ),
+        _json({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [0], "data": []}]}),
         {},
         400,
     ),
