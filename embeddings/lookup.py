@@ -33,7 +33,7 @@ import numpy as np
 from kindling.embeddings.cache import ABSENT, Entry, VectorCache
 from kindling.embeddings.oov import oov_row
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import Backend, open_backend
+from kindling.embeddings.store import Backend, Fetched, open_backend
 from kindling.embeddings.tables import TableMeta, TableNotFound, check_table_name
 from kindling.errors import DependencyUnavailable, InvalidInput
 from kindling.metrics import Registry
@@ -178,6 +178,18 @@ class EmbeddingStore:
         self._aliases[table] = (version, now)
         return version, False
 
+    def _fetch(self, table: str, version: str, keys: list[bytes]) -> Fetched:
+        """One MGET, or round trips of `round_trip_keys` keys for the baseline."""
+        step = self.settings.round_trip_keys
+        if not step or len(keys) <= step:
+            return self.backend.fetch(table, version, keys)
+        parts = [
+            self.backend.fetch(table, version, keys[i : i + step])
+            for i in range(0, len(keys), step)
+        ]
+        meta = parts[0].meta if all(p.meta is not None for p in parts) else None
+        return Fetched(meta=meta, rows=[row for p in parts for row in p.rows])
+
     def _lookup_version(
         self, table: str, version: str, words: Sequence[str], stale: bool
     ) -> LookupResult:
@@ -196,9 +208,8 @@ class EmbeddingStore:
         if missing or meta is None:
             if stale:
                 raise DependencyUnavailable("embedding store unavailable; retry")
-            fetched = self._guarded(
-                lambda: self.backend.fetch(table, version, [wanted[i].encode() for i in missing])
-            )
+            keys = [wanted[i].encode() for i in missing]
+            fetched = self._guarded(lambda: self._fetch(table, version, keys))
             if fetched.meta is None:
                 raise _VersionGone
             meta = fetched.meta

@@ -135,6 +135,10 @@ class EmbeddingSettings:
     alias_ttl: float = 1.0
     # KINDLING_EMBEDDINGS_MAX_WORDS: words per lookup request; more is a 400.
     max_words: int = 4096
+    # KINDLING_EMBEDDINGS_ROUND_TRIP_KEYS: split a fetch into round trips of at most this
+    # many keys; 0 sends one MGET. 100 with cache_size 0 reproduces paper 000's design
+    # (DynamoDB BatchGetItem takes 100 keys) as the benchmarks' baseline.
+    round_trip_keys: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EmbeddingSettings:
@@ -157,6 +161,9 @@ class EmbeddingSettings:
             unk_token=env.get("KINDLING_EMBEDDINGS_UNK_TOKEN", "") or defaults.unk_token,
             alias_ttl=_float(env, "KINDLING_EMBEDDINGS_ALIAS_TTL", defaults.alias_ttl),
             max_words=_int(env, "KINDLING_EMBEDDINGS_MAX_WORDS", defaults.max_words),
+            round_trip_keys=_int(
+                env, "KINDLING_EMBEDDINGS_ROUND_TRIP_KEYS", defaults.round_trip_keys
+            ),
         )
         settings.location  # noqa: B018 - reject a bad URL now, not on the first request
         return settings

@@ -16,11 +16,9 @@ what is measured is the server, not tritonclient's own encoding.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,14 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
+from kindling.loadtest.benchclient import (
+    closed_loop,
+    free_port,
+    percentile,
+    raw_request,
+    start_runtime,
+    wait_ready,
+)
+
 MODEL = "mobilenet_v2"
 SHAPE = (1, 3, 224, 224)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def binary_request(batch: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -59,10 +60,6 @@ def binary_request(batch: np.ndarray) -> tuple[bytes, dict[str, str]]:
         "Content-Type": "application/octet-stream",
     }
     return header + batch.tobytes(), headers
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 # -- raw onnxruntime ------------------------------------------------------------------
@@ -106,26 +103,14 @@ def raw_throughput(session, batch_sizes: list[int], seconds: float) -> dict[int,
 
 
 def start_server(repository: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "kindling", "serve", "--model-repository", str(repository)],
-        env={**os.environ, **env, "PORT": str(port), "KINDLING_MODELS": MODEL},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_runtime(repository, port, {**env, "KINDLING_MODELS": MODEL})
 
 
-def wait_ready(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/v2/health/ready")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.01)
-    raise TimeoutError("server never became ready")
+def served_throughput(
+    port: int, body: bytes, headers: dict[str, str], concurrency: int, seconds: float
+) -> float:
+    request = raw_request(f"/v2/models/{MODEL}/infer", body, headers)
+    return closed_loop(port, [request], concurrency, seconds)[1]
 
 
 def served_latency(port: int, body: bytes, headers: dict[str, str], n: int) -> list[float]:
@@ -142,48 +127,6 @@ def served_latency(port: int, body: bytes, headers: dict[str, str], n: int) -> l
             times.append(time.perf_counter() - t)
     conn.close()
     return times
-
-
-async def _closed_loop(port: int, request: bytes, concurrency: int, seconds: float) -> int:
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def caller() -> None:
-        nonlocal done
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while time.perf_counter() < stop:
-            writer.write(request)
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(
-                next(
-                    line.split(b":")[1]
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                )
-            )
-            await reader.readexactly(length)
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(head.split(b"\r\n")[0].decode())
-            done += 1
-        writer.close()
-
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return done
-
-
-def served_throughput(
-    port: int, body: bytes, headers: dict[str, str], concurrency: int, seconds: float
-) -> float:
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    request = (
-        f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Length: {len(body)}\r\n{head}\r\n"
-    ).encode() + body
-    asyncio.run(_closed_loop(port, request, concurrency, 0.5))  # warm every connection path
-    start = time.perf_counter()
-    done = asyncio.run(_closed_loop(port, request, concurrency, seconds))
-    return done / (time.perf_counter() - start)
 
 
 # -- cold start -------------------------------------------------------------------------
