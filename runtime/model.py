@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kindling.errors import InferenceError, InvalidInput, KindlingError, ModelLoadError
+from kindling.runtime.buckets import BucketedSession
 from kindling.runtime.codec import DTYPES
 from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.fetch import fetch_model
@@ -53,6 +54,8 @@ class Model:
         self.state = ModelState.LOADING
         self.error: str | None = None
         self.session: ort.InferenceSession | None = None
+        # What predict runs: the session, or on CUDA one session per batch-size bucket.
+        self.runner: ort.InferenceSession | BucketedSession | None = None
         self.preprocessor: Preprocessor | None = None
         self.provider = ""
         self.optimized_cache_hit = False
@@ -129,13 +132,21 @@ class Model:
         if cache_path is not None and not self.optimized_cache_hit:
             self._pending_cache = (path, cache_path, threads, chosen)
         self.provider = self.session.get_providers()[0]
+        self.runner = self.session
+        if self.provider == "CUDAExecutionProvider" and self.max_rows > 1:
+            session_path = cache_path if self.optimized_cache_hit else path
+
+            def make_session() -> ort.InferenceSession:
+                return create_session(session_path, threads, chosen, None)[0]  # type: ignore[arg-type]
+
+            self.runner = BucketedSession(self.session, make_session, self.max_rows)
         timeline.mark("session", self.name)
         graph_inputs = {i.name: list(i.shape) for i in self.session.get_inputs()}
         self.preprocessor = make_preprocessor(self.config, graph_inputs, embedding_store)
         self._check_graph(list(graph_inputs))
         if self.config.warmup:
             # Straight into the graph: a warm-up must not depend on Redis being up.
-            self.session.run(self._output_names, self._warmup_feed())
+            self.session.run(self._output_names, self._warmup_feed(1))
             timeline.mark("warmup", self.name)
 
     def _check_graph(self, graph_inputs: list[str]) -> None:
@@ -149,13 +160,13 @@ class Model:
                 f"config.yaml of {self.name!r} names tensors the ONNX graph lacks: {missing}"
             )
 
-    def _warmup_feed(self) -> dict[str, np.ndarray]:
-        """Zeros for every graph input: batch 1, other dynamic dimensions 16."""
+    def _warmup_feed(self, rows: int) -> dict[str, np.ndarray]:
+        """Zeros for every graph input: `rows` rows, other dynamic dimensions 16."""
         assert self.session is not None
         feed = {}
         for node in self.session.get_inputs():
             shape = [
-                d if isinstance(d, int) and d > 0 else (1 if i == 0 else WARMUP_DYNAMIC_DIM)
+                d if isinstance(d, int) and d > 0 else (rows if i == 0 else WARMUP_DYNAMIC_DIM)
                 for i, d in enumerate(node.shape)
             ]
             feed[node.name] = np.zeros(shape, dtype=ORT_TYPES.get(node.type, np.float32))
@@ -167,6 +178,14 @@ class Model:
         if self.preprocessor is not None:
             return self.preprocessor.pad_values
         return {t.name: t.pad_value for t in self.config.inputs}
+
+    def warm_buckets(self) -> None:
+        """On CUDA, build every batch-size bucket's session (off the critical path)."""
+        if isinstance(self.runner, BucketedSession):
+            try:
+                self.runner.warm(self._warmup_feed, self._output_names)
+            except Exception as exc:  # warming is an optimization: a cold bucket still works
+                print(f"kindling: warming {self.name}'s buckets failed: {exc!r}", file=sys.stderr)
 
     def save_optimized_cache(self) -> None:
         """Write the optimized graph for the next cold start (off the critical path)."""
@@ -209,10 +228,10 @@ class Model:
 
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one (possibly merged) batch; called from the inference thread."""
-        assert self.session is not None
+        assert self.runner is not None
         feed = self.preprocessor(batch) if self.preprocessor is not None else batch
         try:
-            results = self.session.run(self._output_names, feed)
+            results = self.runner.run(self._output_names, feed)
         except Exception as exc:  # ORT's pybind exception types; classify by name
             if type(exc).__name__ in ("InvalidArgument", "InvalidGraph"):
                 raise InvalidInput(f"model {self.name!r} rejected the input: {exc}") from exc

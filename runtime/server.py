@@ -25,12 +25,14 @@ class RuntimeServer(uvicorn.Server):
         timeline: ColdStartTimeline,
         models: list[Model],
         cache_delay_s: float,
+        log_cold_start: bool = True,
     ) -> None:
         super().__init__(config)
         self.loader = loader
         self.timeline = timeline
         self.models = models
         self.cache_delay_s = cache_delay_s
+        self.log_cold_start = log_cold_start
 
     async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         await super().startup(sockets)
@@ -40,18 +42,25 @@ class RuntimeServer(uvicorn.Server):
         if self.loader.is_alive():
             await asyncio.to_thread(self.loader.join)
         self.timeline.mark("ready")
-        self.timeline.log()
+        if self.log_cold_start:
+            self.timeline.log()
         # The requests that woke this pod come first; the cache waits for them.
         await asyncio.sleep(self.cache_delay_s)
         for model in self.models:
             await asyncio.to_thread(model.save_optimized_cache)
+            await asyncio.to_thread(model.warm_buckets)
 
 
 def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics) -> int:
     models = loader.models
     timeline = metrics.timeline
     plane = DataPlane(models, metrics)
-    app = create_app(settings, plane)
+    if settings.openwhisk:
+        from kindling.runtime.openwhisk import create_openwhisk_app
+
+        app = create_openwhisk_app(settings, plane, loader)
+    else:
+        app = create_app(settings, plane)
     timeline.mark("imports")
     config = uvicorn.Config(
         app,
@@ -68,9 +77,20 @@ def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         server_header=False,
         date_header=False,
+        # An invoker keeps its connection to a paused container for minutes; a short
+        # keep-alive would close it under the next /run, which Go's net/http (the
+        # OpenWhisk action proxy) never does.
+        timeout_keep_alive=3600 if settings.openwhisk else 5,
     )
     server = RuntimeServer(
-        config, loader, timeline, list(models.values()), settings.optimized_cache_delay_s
+        config,
+        loader,
+        timeline,
+        list(models.values()),
+        settings.optimized_cache_delay_s,
+        # Under OpenWhisk stdout and stderr are the activations' logs, framed per
+        # activation; a line before the first would land in its logs.
+        log_cold_start=not settings.openwhisk,
     )
     server.run()
     return 0
