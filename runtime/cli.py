@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from kindling.runtime.coldstart import ColdStartTimeline
 
@@ -22,12 +24,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=None, help="address to bind (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=None, help="port (default: $PORT, then 8080)")
+    parser.add_argument(
+        "--openwhisk",
+        action="store_true",
+        default=None,
+        help="serve OpenWhisk's action protocol (/init, /run) instead of OIP "
+        "(default: $KINDLING_OPENWHISK)",
+    )
     return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
-    from pathlib import Path
+def _has_models(root: Path) -> bool:
+    from kindling.runtime.repository import CONFIG_FILE
 
+    return root.is_dir() and any(
+        (p / CONFIG_FILE).is_file() for p in root.iterdir() if not p.name.startswith(".")
+    )
+
+
+def main(argv: list[str]) -> int:
     from kindling.runtime.cpu import available_cpus
     from kindling.runtime.loader import ModelLoader
     from kindling.runtime.repository import read_repository
@@ -41,8 +56,22 @@ def main(argv: list[str]) -> int:
             model_repository=Path(args.model_repository) if args.model_repository else None,
             host=args.host,
             port=args.port,
+            openwhisk=args.openwhisk,
         )
-        configs = read_repository(settings)
+        if settings.openwhisk:
+            # Action code may chdir, as OpenWhisk's Python runtime does for zip actions;
+            # the models' paths must not move with it.
+            settings = replace(settings, model_repository=settings.model_repository.absolute())
+            if settings.cache_dir is not None:
+                settings = replace(settings, cache_dir=settings.cache_dir.absolute())
+        if (
+            settings.openwhisk
+            and not settings.models
+            and not _has_models(settings.model_repository)
+        ):
+            configs = []  # an action may bring its models in its zip (/init)
+        else:
+            configs = read_repository(settings)
     except ConfigError as exc:
         print(f"kindling serve: {exc.message}", file=sys.stderr)
         return 2
@@ -56,6 +85,10 @@ def main(argv: list[str]) -> int:
             # No store named: the one `kindling models build` fills beside the models.
             embedding_settings = embedding_settings.replace(
                 store_dir=settings.model_repository / ".embeddings"
+            )
+        if settings.openwhisk:  # absolute, for the reason above
+            embedding_settings = embedding_settings.replace(
+                store_dir=embedding_settings.store_dir.absolute()
             )
     loader = ModelLoader(
         configs,

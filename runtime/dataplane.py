@@ -45,6 +45,15 @@ class DataPlane:
         self._executors = {name: ThreadPoolExecutor(1, f"infer-{name}") for name in models}
         self._batchers: dict[str, AdaptiveBatcher] = {}
 
+    async def add_models(self, models: dict[str, Model]) -> None:
+        """Serve more models (OpenWhisk's /init of a zip); one of a known name replaces it."""
+        for name, model in models.items():
+            replaced = self._batchers.pop(name, None)
+            if replaced is not None:
+                await replaced.close()
+            self.models[name] = model
+            self._executors.setdefault(name, ThreadPoolExecutor(1, f"infer-{name}"))
+
     def _batcher(self, model: Model) -> AdaptiveBatcher:
         """The model's batcher, made on first use: its padding rules come from the loaded
         model's preprocessor."""

@@ -38,6 +38,7 @@ class ModelLoader(threading.Thread):
         self.registry = registry
         self.embedding_settings = embedding_settings
         self._store: EmbeddingStore | None = None
+        self._store_lock = threading.Lock()
         self.models: dict[str, Model] = {}
         self.imported = threading.Event()
         """Set once `models` holds every Model and onnxruntime is imported. The main thread
@@ -68,10 +69,11 @@ class ModelLoader(threading.Thread):
     def embedding_store(self) -> EmbeddingStore:
         """The one store every text model shares, opened by the first that needs it (so
         models without word vectors never import the Redis client)."""
-        if self._store is None:
-            from kindling.embeddings.lookup import EmbeddingStore
-            from kindling.embeddings.settings import EmbeddingSettings
+        with self._store_lock:  # OpenWhisk's /init loads models from another thread
+            if self._store is None:
+                from kindling.embeddings.lookup import EmbeddingStore
+                from kindling.embeddings.settings import EmbeddingSettings
 
-            settings = self.embedding_settings or EmbeddingSettings()
-            self._store = EmbeddingStore.from_settings(settings, self.registry)
-        return self._store
+                settings = self.embedding_settings or EmbeddingSettings()
+                self._store = EmbeddingStore.from_settings(settings, self.registry)
+            return self._store

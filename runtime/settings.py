@@ -77,7 +77,21 @@ class ServerSettings:
     """KINDLING_GRACEFUL_TIMEOUT_S: on SIGTERM, longest wait for in-flight requests
     (Knative's default terminationGracePeriodSeconds is 300 s; 30 s suits models this size)."""
     log_level: str = "info"
-    """KINDLING_LOG_LEVEL: uvicorn's log level; access logs are off (hot path)."""
+    """KINDLING_LOG_LEVEL: uvicorn's log level; access logs are off (hot path). "warning" in
+    OpenWhisk mode, where stdout and stderr are the activations' logs."""
+    openwhisk: bool = False
+    """--openwhisk or KINDLING_OPENWHISK: serve OpenWhisk's action protocol (/init, /run) on
+    8080 or --port instead of OIP; $PORT is ignored, as by OpenWhisk's own runtimes, except
+    on Knative (README, "OpenWhisk")."""
+    openwhisk_platform: str = "openwhisk"
+    """__OW_RUNTIME_PLATFORM: "openwhisk", or "knative" for OpenWhisk on Knative's single
+    entrypoint (POST / with init, activation and value)."""
+    openwhisk_concurrent: bool = False
+    """__OW_ALLOW_CONCURRENT: let /run calls overlap; OpenWhisk's runtimes serialize them
+    unless the invoker's container set this variable."""
+    openwhisk_max_unzip_bytes: int = 1024 * 1024 * 1024
+    """KINDLING_OPENWHISK_MAX_UNZIP_BYTES: the most an action zip may expand to (its code
+    is at most 48 MB in OpenWhisk; a model in it expands little, a zip bomb a lot)."""
 
     @classmethod
     def from_env(
@@ -87,6 +101,10 @@ class ServerSettings:
     ) -> ServerSettings:
         """Read the environment; flags given as `overrides` win over it (None means unset)."""
         env = os.environ if env is None else env
+        openwhisk = bool(overrides.get("openwhisk")) or _truthy(
+            env.get("KINDLING_OPENWHISK"), False
+        )
+        platform = env.get("__OW_RUNTIME_PLATFORM", "").strip().lower() or "openwhisk"
         values: dict[str, Any] = {
             "model_repository": Path(env.get("KINDLING_MODEL_REPOSITORY", "models")),
             "models": _csv(env.get("KINDLING_MODELS")),
@@ -96,9 +114,17 @@ class ServerSettings:
             "optimized_cache_delay_s": _number(env, "KINDLING_OPTIMIZED_CACHE_DELAY_S", float, 5.0),
             "providers": _csv(env.get("KINDLING_PROVIDERS")),
             "graceful_timeout_s": _number(env, "KINDLING_GRACEFUL_TIMEOUT_S", float, 30.0),
-            "log_level": env.get("KINDLING_LOG_LEVEL", "info"),
+            "log_level": env.get("KINDLING_LOG_LEVEL", "warning" if openwhisk else "info"),
+            "openwhisk": openwhisk,
+            "openwhisk_platform": platform,
+            "openwhisk_concurrent": _truthy(env.get("__OW_ALLOW_CONCURRENT"), False),
+            "openwhisk_max_unzip_bytes": _number(
+                env, "KINDLING_OPENWHISK_MAX_UNZIP_BYTES", int, 1024 * 1024 * 1024
+            ),
         }
-        if env.get("PORT"):
+        # An OpenWhisk invoker always talks to 8080 (docs/actions-new.md, "Action
+        # interface"); only Knative's runtime contract hands the port over in $PORT.
+        if env.get("PORT") and (not openwhisk or platform == "knative"):
             values["port"] = _number(env, "PORT", int, DEFAULT_PORT)
         if env.get("KINDLING_THREADS"):
             values["threads"] = _number(env, "KINDLING_THREADS", int, 1)
@@ -110,6 +136,10 @@ class ServerSettings:
         settings = cls(**values)
         if settings.threads is not None and settings.threads < 1:
             raise ConfigError(f"KINDLING_THREADS must be >= 1, got {settings.threads}")
+        if settings.openwhisk_platform not in ("openwhisk", "knative"):
+            raise ConfigError(
+                f"__OW_RUNTIME_PLATFORM must be openwhisk or knative, got {platform!r}"
+            )
         if not 0 < settings.port < 65536:
             raise ConfigError(f"port must be in 1..65535, got {settings.port}")
         return settings

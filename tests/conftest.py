@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -46,6 +47,8 @@ class RuntimeProcess:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    err_path: Path | None = None
+    """Where stderr goes when kept apart from stdout (OpenWhisk frames each stream)."""
     url: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -71,8 +74,31 @@ class RuntimeProcess:
             time.sleep(0.02)
         raise TimeoutError(f"runtime not answering 200 on {path} after {timeout} s:\n{self.log()}")
 
+    def wait_listening(self, timeout: float = 60.0) -> None:
+        """Until the port accepts connections: all an OpenWhisk invoker waits for."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"runtime exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise TimeoutError(f"runtime not listening on {self.port} after {timeout} s:\n{self.log()}")
+
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        text = self.log_path.read_text(errors="replace")
+        if self.err_path is not None:
+            text += self.err_path.read_text(errors="replace")
+        return text
+
+    def streams(self) -> tuple[str, str]:
+        """(stdout, stderr) as written so far; both are the log with no err_path."""
+        out = self.log_path.read_text(encoding="utf-8", errors="replace")
+        if self.err_path is None:
+            return out, out
+        return out, self.err_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -94,24 +120,32 @@ def launch_runtime(
     models: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     wait_for: str | None = "/v2/health/ready",
+    openwhisk: bool = False,
 ) -> RuntimeProcess:
-    """Start `kindling serve` in a real process; `wait_for` None returns before it is ready."""
+    """Start `kindling serve` in a real process; `wait_for` None returns before it is ready.
+
+    With `openwhisk`, `kindling serve --openwhisk --port PORT`, its stdout and stderr in
+    separate files, waited for until it listens (there is no health route to poll).
+    """
     port = free_port()
     log_path = workdir / f"runtime-{port}.log"
+    err_path = workdir / f"runtime-{port}.err" if openwhisk else None
     full_env = {**os.environ, "PORT": str(port), "KINDLING_CACHE_DIR": str(workdir / "cache")}
     if models:
         full_env["KINDLING_MODELS"] = ",".join(models)
     full_env.update(env or {})
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kindling", "serve", "--model-repository", str(repository)],
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    runtime = RuntimeProcess(process, port, log_path)
+    command = [sys.executable, "-m", "kindling", "serve", "--model-repository", str(repository)]
+    if openwhisk:
+        command += ["--openwhisk", "--port", str(port)]
+    with contextlib.ExitStack() as files:
+        log = files.enter_context(log_path.open("wb"))
+        err = files.enter_context(err_path.open("wb")) if err_path else subprocess.STDOUT
+        process = subprocess.Popen(command, env=full_env, stdout=log, stderr=err)
+    runtime = RuntimeProcess(process, port, log_path, err_path)
     try:
-        if wait_for:
+        if wait_for and openwhisk:
+            runtime.wait_listening()
+        elif wait_for:
             runtime.wait(wait_for)
     except BaseException:
         runtime.stop()

@@ -1,0 +1,372 @@
+"""OpenWhisk's action protocol over the data plane: the image as a docker action.
+
+An unmodified invoker drives it (apache/openwhisk docs/actions-new.md): POST /init once
+with the action's code, then POST /run per activation; on Knative, POST / carries both
+(__OW_RUNTIME_PLATFORM=knative, as openwhisk-runtime-nodejs platform/knative.js). With no
+code the action is the image's own: /run takes an OIP inference request. Behaviour and
+messages follow the Python runtime (apache/openwhisk-runtime-python) and the Go action
+proxy it runs on (apache/openwhisk-runtime-go); the module docstrings of action.py and
+the README ("OpenWhisk") say what action code gets.
+
+Plain ASGI like app.py, for the same cold-start reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import sys
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from kindling.errors import InvalidInput, KindlingError
+from kindling.runtime import action
+from kindling.runtime.app import (
+    JSON,
+    MethodNotAllowed,
+    NotFound,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+)
+from kindling.runtime.cpu import available_cpus
+from kindling.runtime.dataplane import DataPlane
+from kindling.runtime.imageaction import ImageAction, error_body, never_503, text_media
+from kindling.runtime.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from kindling.embeddings.lookup import EmbeddingStore
+    from kindling.embeddings.settings import EmbeddingSettings
+    from kindling.runtime.loader import ModelLoader
+
+log = logging.getLogger("kindling.runtime")
+
+# The invoker cuts an activation's logs at this line on stdout and on stderr.
+SENTINEL = "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"
+ALREADY_INITIALIZED = "Cannot initialize the action more than once."
+NOT_A_DICT = "The action did not return a dictionary or array."
+# Result fields by which a web action controls its HTTP response (docs/webactions.md).
+HTTP_FIELDS = frozenset(("statusCode", "headers", "body"))
+DUMPS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class AlreadyInitialized(KindlingError):
+    status_code = 403  # openwhisk-runtime-go, actionProxy.go initHandler
+
+
+def status_of(exc: KindlingError) -> int:
+    """The one place an error becomes this transport's HTTP status."""
+    return never_503(exc.status_code)
+
+
+@dataclass
+class Outcome:
+    """One activation's answer: status, body, and the result it encodes (for Knative)."""
+
+    status: int
+    body: bytes
+    result: Any = None
+
+
+class _LineTracker:
+    """sys.stdout/sys.stderr, remembering whether the last write ended its line, so the
+    sentinel always goes out alone on its line even after `print(..., end="")`."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def track_streams() -> None:
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, _LineTracker):
+            setattr(sys, name, _LineTracker(stream))
+
+
+def end_activation() -> None:
+    """Frame the activation's logs (docs/actions-new.md, "Logs"), then flush both streams
+    so the invoker finds the frame as soon as it has the response."""
+    for stream in (sys.stdout, sys.stderr):
+        if not getattr(stream, "at_line_start", True):
+            stream.write("\n")
+        stream.write(SENTINEL + "\n")
+        stream.flush()
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+
+
+# -- the action container ------------------------------------------------------------------
+
+
+class ActionProxy:
+    """One action container's state: its code, once initialized, and the models it serves."""
+
+    def __init__(self, settings: ServerSettings, plane: DataPlane, loader: ModelLoader) -> None:
+        self.settings = settings
+        self.plane = plane
+        self.loader = loader
+        self.code: action.UserAction | None = None
+        self.initialized = False
+        self.image_action = ImageAction(lambda: self.plane, settings.max_body_bytes)
+        self._init_value: Any = None
+        self._init_lock = asyncio.Lock()
+        # One activation at a time, as the invoker expects of a runtime that does not
+        # declare concurrency (docs/concurrency.md: __OW_ALLOW_CONCURRENT).
+        self._run_gate: contextlib.AbstractAsyncContextManager[Any] = (
+            contextlib.nullcontext() if settings.openwhisk_concurrent else asyncio.Lock()
+        )
+        self._store_settings: EmbeddingSettings | None = None
+        self._store: EmbeddingStore | None = None
+        self._store_lock = threading.Lock()  # concurrent activations open it once
+
+    async def loaded(self) -> None:
+        """Wait for the image's models: /init answers once they are ready, so no /run
+        meets one still loading."""
+        if self.loader.is_alive():
+            await asyncio.to_thread(self.loader.join)
+
+    def embedding_store(self) -> EmbeddingStore:
+        """The store for action code, from the environment as /init left it: the loader's
+        own (and its cache) when that names the same store."""
+        with self._store_lock:
+            if self._store is None:
+                settings = self._store_settings or self._resolve_store_settings()
+                if settings == self.loader.embedding_settings:
+                    self._store = self.loader.embedding_store()
+                else:
+                    from kindling.embeddings.lookup import EmbeddingStore
+
+                    self._store = EmbeddingStore.from_settings(settings, self.loader.registry)
+            return self._store
+
+    def _resolve_store_settings(self) -> EmbeddingSettings:
+        from kindling.embeddings.settings import DEFAULT_DIR, EmbeddingSettings
+
+        settings = EmbeddingSettings.from_env()
+        if settings.store_dir == DEFAULT_DIR:  # as `kindling serve` resolves it
+            settings = settings.replace(store_dir=self.settings.model_repository / ".embeddings")
+        # Absolute before a zip action changes the working directory.
+        self._store_settings = settings.replace(store_dir=settings.store_dir.absolute())
+        return self._store_settings
+
+    async def init(self, message: Any) -> None:
+        async with self._init_lock:
+            if self.initialized:
+                print(ALREADY_INITIALIZED, file=sys.stderr, flush=True)
+                raise AlreadyInitialized(ALREADY_INITIALIZED)
+            spec = action.InitSpec.parse(message)
+            await self.loaded()
+            # Before the code loads, which may read them (openwhisk-runtime-go, SetEnv).
+            action.export_env(spec.env)
+            self._resolve_store_settings()
+            if spec.code and spec.binary:
+                await self._init_zip(spec)
+            elif spec.code:
+                self.code = await asyncio.to_thread(
+                    action.UserAction.load, spec.code, action.MAIN_FILE, spec.main
+                )
+            self.initialized, self._init_value = True, message
+
+    async def _init_zip(self, spec: action.InitSpec) -> None:
+        root = Path(tempfile.mkdtemp(prefix="kindling-action-"))
+        limit = self.settings.openwhisk_max_unzip_bytes
+        await asyncio.to_thread(action.unpack, spec.code, root, limit)
+        folders = action.model_folders(root)
+        has_main = (root / action.MAIN_FILE).is_file()
+        if not folders and not has_main:
+            message = (
+                f"Zip file does not include {action.MAIN_FILE} or a model folder (config.yaml)"
+            )
+            print(message, file=sys.stderr, flush=True)  # openwhisk-runtime-python's wording
+            raise action.ActionInitError(f"Cannot start action: {message}")
+        if folders:
+            threads = self.settings.threads or available_cpus()
+            timeline = self.plane.timeline
+            loaded = await asyncio.to_thread(
+                action.load_models, folders, self.settings, threads, timeline, self.embedding_store
+            )
+            # A zip's model replaces a built-in one of its name.
+            await self.plane.add_models({m.name: m for m in loaded})
+        if has_main:
+            self.code = await asyncio.to_thread(action.UserAction.from_folder, root, spec.main)
+
+    async def run(self, message: Any) -> Outcome:
+        async with self._run_gate:
+            try:
+                return await self._run(message)
+            except KindlingError as exc:
+                return Outcome(status_of(exc), error_body(exc))
+            finally:
+                end_activation()
+
+    async def _run(self, message: Any) -> Outcome:
+        if not isinstance(message, dict):
+            raise InvalidInput("/run takes a JSON object")
+        value = message.get("value", {})
+        # The activation context: every other key as __OW_<KEY> (docs/actions-new.md).
+        action.export_env({k: v for k, v in message.items() if k != "value"}, prefix="__OW_")
+        await self.loaded()
+        if self.code is None:
+            body, result = await self.image_action.run(value)
+            return Outcome(200, body, result)
+        result = await asyncio.to_thread(self.code, value)
+        if not isinstance(result, dict | list):
+            return Outcome(502, orjson.dumps({"error": NOT_A_DICT}))
+        try:
+            return Outcome(200, orjson.dumps(result, option=DUMPS), result)
+        except orjson.JSONEncodeError as exc:
+            return Outcome(502, orjson.dumps({"error": f"The action's result is not JSON: {exc}"}))
+
+    async def knative(self, message: Any, request: Request) -> Response:
+        """Knative's single entrypoint: {"init", "activation", "value"} in one POST, the
+        result returned as the HTTP response (openwhisk-runtime-nodejs, knative.js)."""
+        if not isinstance(message, dict) or not {"init", "activation"} & message.keys():
+            raise InvalidInput("a Knative request carries 'init' and/or 'activation' with 'value'")
+        init = message.get("init")
+        if init is not None and not (self.initialized and self._init_value == {"value": init}):
+            await self.init({"value": init})
+        if "activation" not in message:
+            return Response(b'{"ok":true}')
+        activation = message.get("activation") or {}
+        value = message.get("value") or {}
+        if not isinstance(activation, dict) or not isinstance(value, dict):
+            raise InvalidInput("'activation' and 'value' must be objects")
+        # The HTTP context a web action gets (knative.js preProcessHTTPContext).
+        value = {
+            "__ow_method": request.method,
+            "__ow_headers": request.headers,
+            "__ow_path": "",
+        } | value
+        outcome = await self.run({**activation, "value": value})
+        return http_response(outcome)
+
+
+def _header_values(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    return [str(v).lower() if isinstance(v, bool) else str(v) for v in items]
+
+
+def http_response(outcome: Outcome) -> Response:
+    """An activation's result as the HTTP response itself, when it says how with
+    statusCode/headers/body (docs/webactions.md, "Handling HTTP requests with actions")."""
+    result = outcome.result
+    if outcome.status != 200 or not isinstance(result, dict) or not HTTP_FIELDS & result.keys():
+        return Response(outcome.body, outcome.status)
+    status = never_503(int(result.get("statusCode") or 200))
+    headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, value in (result.get("headers") or {}).items()
+        for v in _header_values(value)
+    ]
+    content_type = next((v for k, v in headers if k == b"content-type"), None)
+    headers = [(k, v) for k, v in headers if k != b"content-type"]
+    body = result.get("body")
+    if body is None or body == "":
+        data, status = b"", 204 if status == 200 else status
+    elif isinstance(body, str):
+        if content_type is not None and not text_media(content_type.decode()):
+            try:
+                data = base64.b64decode(body, validate=True)
+            except (binascii.Error, ValueError):
+                return Response(orjson.dumps({"error": "the result's body is not base64"}), 502)
+        else:
+            data, content_type = body.encode(), content_type or b"text/html"
+    else:
+        data, content_type = orjson.dumps(body, option=DUMPS), content_type or JSON
+    return Response(data, status, content_type or JSON, headers)
+
+
+def create_openwhisk_app(
+    settings: ServerSettings, plane: DataPlane, loader: ModelLoader
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    proxy = ActionProxy(settings, plane, loader)
+    limit = settings.max_body_bytes
+    knative = settings.openwhisk_platform == "knative"
+    track_streams()
+
+    async def handle(request: Request, path: str) -> Response:
+        if path == "/run":
+            try:
+                message = parse_json(await request.body(limit))
+            except KindlingError as exc:  # still an activation: its logs need their frame
+                end_activation()
+                raise exc from None
+            outcome = await proxy.run(message)
+            return Response(outcome.body, outcome.status)
+        message = parse_json(await request.body(limit))
+        if path == "/init":
+            try:
+                await proxy.init(message)
+            except AlreadyInitialized:
+                raise
+            except KindlingError:
+                # A failed init is reported with its logs (OW_LOG_INIT_ERROR in the Python
+                # runtime's image): frame them like an activation's.
+                end_activation()
+                raise
+            return Response(b'{"ok":true}')
+        return await proxy.knative(message, request)
+
+    routes = {"/init", "/run"} | ({"/"} if knative else set())
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        try:
+            if path not in routes:
+                raise NotFound(f"no route for {path}")
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed on {path}")
+            response = await handle(Request(scope, receive, {}), path)
+        except KindlingError as exc:
+            response = Response(error_body(exc), status_of(exc))
+        except Exception as exc:  # the one place an unexpected error becomes a 500
+            log.exception("unhandled error", exc_info=exc)
+            response = Response(
+                orjson.dumps({"error": f"internal error: {type(exc).__name__}"}), 500
+            )
+        await response.send(send)
+
+    async def lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                action.bind(lambda: proxy.plane, asyncio.get_running_loop(), proxy.embedding_store)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await proxy.plane.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return app
