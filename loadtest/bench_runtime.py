@@ -19,6 +19,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from kindling.loadtest.benchclient import (
     free_port,
     percentile,
     raw_request,
+    start_echo,
     start_runtime,
     wait_ready,
 )
@@ -113,12 +115,14 @@ def served_throughput(
     return closed_loop(port, [request], concurrency, seconds)[1]
 
 
-def served_latency(port: int, body: bytes, headers: dict[str, str], n: int) -> list[float]:
+def served_latency(
+    port: int, body: bytes, headers: dict[str, str], n: int, path: str = f"/v2/models/{MODEL}/infer"
+) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port)
     times = []
     for i in range(n + 10):
         t = time.perf_counter()
-        conn.request("POST", f"/v2/models/{MODEL}/infer", body=body, headers=headers)
+        conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         response.read()
         if response.status != 200:
@@ -127,6 +131,66 @@ def served_latency(port: int, body: bytes, headers: dict[str, str], n: int) -> l
             times.append(time.perf_counter() - t)
     conn.close()
     return times
+
+
+def wait_echo(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError("echo server never started")
+
+
+SENTENCE = "A man is eating a piece of bread."
+
+
+def raw_text_latency(folder: Path, threads: int, n: int) -> list[float]:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from kindling.runtime.session import session_options
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(256)
+    tokenizer.enable_padding()
+    session = ort.InferenceSession(str(folder / "model.onnx"), session_options(threads))
+    times = []
+    for i in range(n + 10):
+        t = time.perf_counter()
+        (e,) = tokenizer.encode_batch([SENTENCE])
+        feed = {
+            "input_ids": np.array([e.ids], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids], dtype=np.int64),
+        }
+        session.run(None, feed)
+        if i >= 10:
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def small_payload_latency(
+    repository: Path, threads: int, n: int
+) -> tuple[list[float], list[float]]:
+    """MiniLM on one sentence: a small body, so the HTTP transfer all but vanishes and what
+    remains is the runtime's own overhead. Raw = tokenize + run in-process."""
+    raw = raw_text_latency(repository / "minilm", threads, n)
+    body = json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [SENTENCE]}]}
+    ).encode()
+    port = free_port()
+    env = {"KINDLING_MODELS": "minilm", "KINDLING_THREADS": str(threads)}
+    server = start_runtime(repository, port, env)
+    try:
+        wait_ready(port)
+        served = served_latency(port, body, {}, n, path="/v2/models/minilm/infer")
+    finally:
+        server.terminate()
+        server.wait()
+    return raw, served
 
 
 # -- cold start -------------------------------------------------------------------------
@@ -220,6 +284,17 @@ def main(argv: list[str] | None = None) -> int:
             server.terminate()
             server.wait()
 
+        port = free_port()
+        echo = start_echo(port)
+        try:
+            wait_echo(port)
+            echo_lat = served_latency(port, body, headers, args.requests, path="/")
+        finally:
+            echo.terminate()
+            echo.wait()
+
+        text_raw, text_served = small_payload_latency(args.model_repository, threads, args.requests)
+
         floor = [floor_cold_start(repo / MODEL / "model.onnx") for _ in range(args.cold_starts)]
         cache = repo / MODEL / ".kindling-cache"
         cold_first = []
@@ -248,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'throughput c=16 (img/s)':34}{raw_tp[best_batch]:18.1f}{served_tp:22.1f}"
         f"{served_tp / raw_tp[best_batch]:15.2f}x"
+    )
+    e50 = percentile(echo_lat, 50) * 1e3
+    print(f"{'  HTTP floor: same body, echo app':34}{'':18}{e50:22.2f}")
+    print(f"{'  served - raw - HTTP floor':34}{'':18}{s50 - r50 - e50:+22.2f}")
+    t_raw, t_served = (percentile(v, 50) * 1e3 for v in (text_raw, text_served))
+    print(
+        f"{'minilm, 1 sentence, c=1 p50 (ms)':34}{t_raw:18.2f}{t_served:22.2f}"
+        f"{t_served - t_raw:+15.2f}ms"
     )
     print(f"{'  raw best batch size':34}{best_batch:18d}")
     print(f"{'  raw img/s by batch':34}" + ", ".join(f"{b}: {v:.0f}" for b, v in raw_tp.items()))

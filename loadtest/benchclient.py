@@ -60,6 +60,35 @@ def wait_ready(port: int, timeout: float = 60) -> None:
     raise TimeoutError("server never became ready")
 
 
+ECHO_BODY = b"x" * 4000  # about one image model's binary logits response
+
+
+async def echo_app(scope: dict, receive: object, send: object) -> None:
+    """The HTTP floor: an ASGI app that reads the body and answers 4 kB, nothing else."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()  # type: ignore[operator]
+        more = message.get("more_body", False)
+    headers = [(b"content-length", str(len(ECHO_BODY)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": ECHO_BODY})  # type: ignore[operator]
+
+
+def start_echo(port: int) -> subprocess.Popen[bytes]:
+    """uvicorn serving `echo_app` as the runtime runs (uvloop, httptools, no access log)."""
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "uvicorn", "kindling.loadtest.benchclient:echo_app",
+            "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning", "--lifespan", "off",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def get(port: int, path: str) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", path)
