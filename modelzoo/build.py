@@ -177,9 +177,21 @@ def validate(sample: SampleModel) -> None:
     def strip(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{k: e[k] for k in ("name", "datatype", "shape")} for e in entries]
 
-    # With a preprocessor the served inputs are text (BYTES), not the graph's tensors.
-    if "preprocess" not in config and strip(config["inputs"]) != inputs:
+    # With a preprocessor the served inputs are text (BYTES), not the graph's tensors;
+    # a word-vector preprocessor then names the graph input each one feeds.
+    preprocess = config.get("preprocess")
+    if preprocess is None and strip(config["inputs"]) != inputs:
         raise ValueError(f"{sample.name}: config inputs {config['inputs']} != graph {inputs}")
+    if preprocess is not None and "inputs" in preprocess:
+        served = [e["name"] for e in config["inputs"]]
+        fed = sorted(preprocess["inputs"].values())
+        if sorted(preprocess["inputs"]) != sorted(served) or fed != sorted(
+            i["name"] for i in inputs
+        ):
+            raise ValueError(
+                f"{sample.name}: preprocess inputs {preprocess['inputs']} do not map the served "
+                f"inputs {served} onto the graph's {[i['name'] for i in inputs]}"
+            )
     if strip(config["outputs"]) != outputs:
         raise ValueError(f"{sample.name}: config outputs {config['outputs']} != graph {outputs}")
     for extra in sample.files:

@@ -40,7 +40,8 @@ def test_registry_names():
 def test_writes_layout_and_config(tmp_path):
     results = build_all(tmp_path, FAST)
     assert _statuses(results) == dict.fromkeys(FAST, "built")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FAST)  # no temp folders left
+    # no temp folders left (.embeddings holds the demo word vectors, when loaded)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".embeddings") == sorted(FAST)
     for name in FAST:
         folder = tmp_path / name
         assert sorted(p.name for p in folder.iterdir()) == [
@@ -54,14 +55,16 @@ def test_writes_layout_and_config(tmp_path):
         assert config["max_batch_size"] > 0 and "max_queue_delay_ms" in config["batching"]
         model = onnx.load(str(folder / "model.onnx"))
         inputs, outputs = graph_io(model)
-        strip = [{k: e[k] for k in ("name", "datatype", "shape")} for e in config["inputs"]]
-        assert strip == inputs
+        # Served as text: each BYTES input feeds one graph input of word vectors.
+        assert all(e == {**e, "datatype": "BYTES", "shape": [-1]} for e in config["inputs"])
+        mapping = config["preprocess"]["inputs"]
+        assert sorted(mapping) == sorted(e["name"] for e in config["inputs"])
+        assert sorted(mapping.values()) == sorted(i["name"] for i in inputs)
         assert config["outputs"] == outputs
-        assert all(e["pad_value"] == 0.0 for e in config["inputs"])
         session = ort.InferenceSession(
             str(folder / "model.onnx"), providers=["CPUExecutionProvider"]
         )
-        feeds = {i["name"]: np.zeros([2, 6, i["shape"][2]], np.float32) for i in config["inputs"]}
+        feeds = {i["name"]: np.zeros([2, 6, i["shape"][2]], np.float32) for i in inputs}
         (probs,) = session.run(None, feeds)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
@@ -209,9 +212,9 @@ def test_validate_rejects_config_that_disagrees_with_graph():
     wrong_name = SampleModel("kim_cnn", sample.model, {**sample.config, "name": "other"})
     with pytest.raises(ValueError, match="folder name"):
         validate(wrong_name)
-    inputs = [{**sample.config["inputs"][0], "shape": [-1, -1, 50]}]
+    preprocess = {**sample.config["preprocess"], "inputs": {"text": "vectors"}}
     with pytest.raises(ValueError, match="inputs"):
-        validate(SampleModel("kim_cnn", sample.model, {**sample.config, "inputs": inputs}))
+        validate(SampleModel("kim_cnn", sample.model, {**sample.config, "preprocess": preprocess}))
     outputs = [{**sample.config["outputs"][0], "name": "logits"}]
     with pytest.raises(ValueError, match="outputs"):
         validate(SampleModel("kim_cnn", sample.model, {**sample.config, "outputs": outputs}))
@@ -251,7 +254,7 @@ def test_cli_build_list_and_usage(tmp_path, capsys):
         "sm_cnn",
     ]
     assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == FAST
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == FAST
     assert main(args) == 0
     assert "current" in capsys.readouterr().out
     assert main([*args, "--force"]) == 0

@@ -106,7 +106,10 @@ def test_kim_config_matches_graph(kim):
     inputs, outputs = graph_io(kim.model)
     assert inputs == [{"name": "embeddings", "datatype": "FP32", "shape": [-1, -1, 300]}]
     assert outputs == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 5]}]
-    assert kim.config["inputs"][0]["pad_value"] == 0.0
+    assert kim.config["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    preprocess = kim.config["preprocess"]
+    assert preprocess["inputs"] == {"text": "embeddings"} and preprocess["table"] == "demo300"
+    assert preprocess["min_length"] >= 5  # the widest filter (Kim 2014: widths 3, 4, 5)
     assert kim.config == config_kim_cnn()
     assert "length >= 1" in kim.config["description"]
 
@@ -157,5 +160,8 @@ def test_sm_config_matches_graph(sm):
     assert [i["name"] for i in inputs] == ["question", "answer"]
     assert all(i["shape"] == [-1, -1, 50] and i["datatype"] == "FP32" for i in inputs)
     assert outputs == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}]
-    assert all(i["pad_value"] == 0.0 for i in sm.config["inputs"])
+    assert [i["datatype"] for i in sm.config["inputs"]] == ["BYTES", "BYTES"]
+    preprocess = sm.config["preprocess"]
+    assert preprocess["inputs"] == {"question": "question", "answer": "answer"}
+    assert preprocess["table"] == "demo50" and preprocess["min_length"] >= 5  # filter width 5
     assert sm.config == config_sm_cnn()
