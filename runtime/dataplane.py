@@ -40,6 +40,8 @@ class DataPlane:
         self.metrics = metrics
         self.timeline: ColdStartTimeline = metrics.timeline
         self._served_one = False
+        self._in_flight = 0
+        self._last_finished = time.monotonic()
         # One inference thread per model: onnxruntime already spreads a run over the
         # intra-op threads, so two runs at once would only fight over the same cores.
         self._executors = {name: ThreadPoolExecutor(1, f"infer-{name}") for name in models}
@@ -92,6 +94,10 @@ class DataPlane:
             raise ModelNotReady(f"model {name!r} failed to load: {model.error}")
         raise ModelNotReady(f"model {name!r} is still loading")
 
+    def idle_for(self) -> float:
+        """Seconds since the last inference finished; 0 while any is in flight."""
+        return 0.0 if self._in_flight else time.monotonic() - self._last_finished
+
     def claim_cold(self) -> bool:
         """True exactly once: for the first inference response of this process."""
         cold, self._served_one = not self._served_one, True
@@ -115,6 +121,7 @@ class DataPlane:
         model = self.model(name, version)
         in_flight = self.metrics.in_flight
         in_flight.inc(name)
+        self._in_flight += 1
         try:
             model = self.ready_model(name, version)
             batcher = self._batcher(model)
@@ -139,6 +146,8 @@ class DataPlane:
             raise
         finally:
             in_flight.dec(name)
+            self._in_flight -= 1
+            self._last_finished = time.monotonic()
             self.metrics.requests.inc(name, status)
             self.metrics.latency.observe(time.perf_counter() - started, name, "total")
 

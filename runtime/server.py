@@ -7,12 +7,14 @@ import asyncio
 import uvicorn
 
 from kindling.runtime.app import create_app
-from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.loader import ModelLoader
-from kindling.runtime.model import Model
 from kindling.runtime.settings import ServerSettings
 from kindling.runtime.telemetry import RuntimeMetrics
+
+# How long no inference must have run before background work starts; long enough to tell
+# a pause between requests of a burst from the end of it.
+IDLE_BEFORE_BACKGROUND_S = 1.0
 
 
 class RuntimeServer(uvicorn.Server):
@@ -22,15 +24,14 @@ class RuntimeServer(uvicorn.Server):
         self,
         config: uvicorn.Config,
         loader: ModelLoader,
-        timeline: ColdStartTimeline,
-        models: list[Model],
+        plane: DataPlane,
         cache_delay_s: float,
         log_cold_start: bool = True,
     ) -> None:
         super().__init__(config)
         self.loader = loader
-        self.timeline = timeline
-        self.models = models
+        self.plane = plane
+        self.timeline = plane.timeline
         self.cache_delay_s = cache_delay_s
         self.log_cold_start = log_cold_start
 
@@ -44,17 +45,19 @@ class RuntimeServer(uvicorn.Server):
         self.timeline.mark("ready")
         if self.log_cold_start:
             self.timeline.log()
-        # The requests that woke this pod come first; the cache waits for them.
+        # The requests that woke this pod come first: background work (optimized-graph
+        # caches, CUDA buckets) waits until the models have been idle for a moment.
         await asyncio.sleep(self.cache_delay_s)
-        for model in self.models:
+        while self.plane.idle_for() < IDLE_BEFORE_BACKGROUND_S:
+            await asyncio.sleep(IDLE_BEFORE_BACKGROUND_S)
+        for model in list(self.plane.models.values()):
             await asyncio.to_thread(model.save_optimized_cache)
             await asyncio.to_thread(model.warm_buckets)
 
 
 def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics) -> int:
-    models = loader.models
     timeline = metrics.timeline
-    plane = DataPlane(models, metrics)
+    plane = DataPlane(loader.models, metrics)
     if settings.openwhisk:
         from kindling.runtime.openwhisk import create_openwhisk_app
 
@@ -85,8 +88,7 @@ def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics
     server = RuntimeServer(
         config,
         loader,
-        timeline,
-        list(models.values()),
+        plane,
         settings.optimized_cache_delay_s,
         # Under OpenWhisk stdout and stderr are the activations' logs, framed per
         # activation; a line before the first would land in its logs.
