@@ -77,16 +77,28 @@ async def echo_app(scope: dict, receive: object, send: object) -> None:
 
 
 def start_echo(port: int) -> subprocess.Popen[bytes]:
-    """uvicorn serving `echo_app` as the runtime runs (uvloop, httptools, no access log)."""
+    """uvicorn serving `echo_app` exactly as the runtime is served (same protocol class)."""
     return subprocess.Popen(
-        [
-            sys.executable, "-m", "uvicorn", "kindling.loadtest.benchclient:echo_app",
-            "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-            "--no-access-log", "--log-level", "warning", "--lifespan", "off",
-        ],
+        [sys.executable, "-m", "kindling.loadtest.benchclient", "--echo", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
+
+
+def serve_echo(port: int) -> None:
+    import uvicorn
+
+    from kindling.runtime.server import BodyPassThroughProtocol
+
+    uvicorn.run(
+        echo_app,
+        port=port,
+        loop="uvloop",
+        http=BodyPassThroughProtocol,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 def get(port: int, path: str) -> str:
@@ -134,3 +146,8 @@ def closed_loop(
     started = time.perf_counter()
     latencies = asyncio.run(_closed_loop(port, requests, concurrency, seconds))
     return latencies, len(latencies) / (time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--echo":
+        serve_echo(int(sys.argv[2]))
