@@ -32,6 +32,7 @@ import numpy as np
 from kindling.loadtest.benchclient import (
     closed_loop,
     free_port,
+    latencies,
     percentile,
     raw_request,
     start_echo,
@@ -118,19 +119,7 @@ def served_throughput(
 def served_latency(
     port: int, body: bytes, headers: dict[str, str], n: int, path: str = f"/v2/models/{MODEL}/infer"
 ) -> list[float]:
-    conn = http.client.HTTPConnection("127.0.0.1", port)
-    times = []
-    for i in range(n + 10):
-        t = time.perf_counter()
-        conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read()
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}")
-        if i >= 10:
-            times.append(time.perf_counter() - t)
-    conn.close()
-    return times
+    return latencies(port, raw_request(path, body, headers), n)
 
 
 def wait_echo(port: int, timeout: float = 30) -> None:

@@ -107,6 +107,26 @@ def get(port: int, path: str) -> str:
     return conn.getresponse().read().decode()
 
 
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one response (Content-Length or chunked body); returns its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    if b"content-length" in fields:
+        await reader.readexactly(int(fields[b"content-length"]))
+    elif fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status
+
+
 async def _closed_loop(
     port: int, requests: list[bytes], concurrency: int, seconds: float
 ) -> list[float]:
@@ -117,22 +137,18 @@ async def _closed_loop(
     async def caller(offset: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         i = offset
-        while time.perf_counter() < stop:
-            started = time.perf_counter()
-            writer.write(requests[i % len(requests)])
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":")[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length")
-            )
-            await reader.readexactly(length)
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(head.split(b"\r\n")[0].decode())
-            latencies.append(time.perf_counter() - started)
-            i += concurrency
-        writer.close()
+        try:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                writer.write(requests[i % len(requests)])
+                await writer.drain()
+                status = await read_response(reader)
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}")
+                latencies.append(time.perf_counter() - started)
+                i += concurrency
+        finally:
+            writer.close()
 
     await asyncio.gather(*(caller(i) for i in range(concurrency)))
     return latencies
@@ -146,6 +162,46 @@ def closed_loop(
     started = time.perf_counter()
     latencies = asyncio.run(_closed_loop(port, requests, concurrency, seconds))
     return latencies, len(latencies) / (time.perf_counter() - started)
+
+
+def latencies(port: int, request: bytes, count: int, warmup: int = 10) -> list[float]:
+    """`count` sequential request latencies (seconds) on one connection, after `warmup`."""
+
+    async def run() -> list[float]:
+        times: list[float] = []
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in range(count + warmup):
+                started = time.perf_counter()
+                writer.write(request)
+                await writer.drain()
+                if (status := await read_response(reader)) != 200:
+                    raise RuntimeError(f"HTTP {status}")
+                if i >= warmup:
+                    times.append(time.perf_counter() - started)
+        finally:
+            writer.close()
+        return times
+
+    return asyncio.run(run())
+
+
+def try_once(port: int, request: bytes, timeout: float) -> int | None:
+    """One request on a new connection; its status, or None if nobody answered."""
+
+    async def run() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            return await read_response(reader)
+        finally:
+            writer.close()
+
+    try:
+        return asyncio.run(asyncio.wait_for(run(), timeout))
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
+        return None
 
 
 if __name__ == "__main__":

@@ -218,11 +218,12 @@ def encode_binary(
 
 
 def encode_openwhisk(
-    tensors: Sequence[Tensor], outputs: Sequence[str], wrap: bool = True
+    tensors: Sequence[Tensor], outputs: Sequence[str], model: str, wrap: bool = True
 ) -> tuple[bytes, dict[str, str]]:
     """An action container's /run body, {"value": params}; the controller API takes
-    the params alone (`wrap` False)."""
-    params = oip_json_doc(tensors, outputs)
+    the params alone (`wrap` False). `model_name` picks the model in an image serving
+    several (runtime/imageaction.py)."""
+    params = {"model_name": model, **oip_json_doc(tensors, outputs)}
     doc = {"value": params} if wrap else params
     return json.dumps(doc, separators=(",", ":")).encode(), {"Content-Type": "application/json"}
 
@@ -258,7 +259,7 @@ class RequestMix:
     def encode(self, tensors: Sequence[Tensor]) -> tuple[bytes, dict[str, str]]:
         if self.protocol == "openwhisk":
             wrap = not self.target_path().startswith("/api/v1/namespaces/")
-            return encode_openwhisk(tensors, self.spec.outputs, wrap)
+            return encode_openwhisk(tensors, self.spec.outputs, self.spec.name, wrap)
         if self.protocol != "oip":
             raise ValueError(f"unknown protocol {self.protocol!r} (known: {', '.join(PROTOCOLS)})")
         if self.encoding == "json":

@@ -9,6 +9,7 @@ Nothing else runs before the socket is bound.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=None, help="address to bind (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=None, help="port (default: $PORT, then 8080)")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="embedding store for text models: redis://, rediss://, redis+cluster://h:p,... "
+        "(default: $KINDLING_REDIS_URL, else the file store in <repository>/.embeddings)",
+    )
     parser.add_argument(
         "--openwhisk",
         action="store_true",
@@ -51,6 +58,9 @@ def main(argv: list[str]) -> int:
 
     timeline = ColdStartTimeline()  # measured from exec, read from /proc
     args = parse_args(argv)
+    if args.redis:
+        # The flag stands for the variable everywhere it is read, action code included.
+        os.environ["KINDLING_REDIS_URL"] = args.redis
     try:
         settings = ServerSettings.from_env(
             model_repository=Path(args.model_repository) if args.model_repository else None,

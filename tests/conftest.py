@@ -121,6 +121,7 @@ def launch_runtime(
     env: dict[str, str] | None = None,
     wait_for: str | None = "/v2/health/ready",
     openwhisk: bool = False,
+    args: tuple[str, ...] = (),
 ) -> RuntimeProcess:
     """Start `kindling serve` in a real process; `wait_for` None returns before it is ready.
 
@@ -137,6 +138,7 @@ def launch_runtime(
     command = [sys.executable, "-m", "kindling", "serve", "--model-repository", str(repository)]
     if openwhisk:
         command += ["--openwhisk", "--port", str(port)]
+    command += args
     with contextlib.ExitStack() as files:
         log = files.enter_context(log_path.open("wb"))
         err = files.enter_context(err_path.open("wb")) if err_path else subprocess.STDOUT

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kindling.loadtest.peers import client
+from kindling.loadtest import benchclient as client
 from kindling.loadtest.peers.catalog import Peer
 from kindling.loadtest.peers.process import PeakRss, Server
 from kindling.loadtest.peers.venvs import PeerUnavailable, ensure_venv
@@ -186,8 +186,8 @@ class Bench:
             times = client.latencies(port, request, self.s.requests)
             result.p50_ms, result.p99_ms = percentile_ms(times, 50), percentile_ms(times, 99)
             result.throughput = client.closed_loop(
-                port, request, self.s.concurrency, self.s.seconds
-            )
+                port, [request], self.s.concurrency, self.s.seconds
+            )[1]
         finally:
             result.peak_rss_mib = rss.stop() / MIB
             server.stop()

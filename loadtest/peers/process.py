@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from kindling.loadtest.peers.client import try_once
+from kindling.loadtest.benchclient import try_once
 
 
 def _children() -> dict[int, list[int]]:

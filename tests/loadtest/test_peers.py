@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from kindling.loadtest.benchclient import raw_request, read_response
 from kindling.loadtest.peers.bench import Result
 from kindling.loadtest.peers.catalog import BY_NAME, PEERS
-from kindling.loadtest.peers.client import raw_request, read_response
 from kindling.loadtest.peers.table import markdown
 from kindling.loadtest.peers.venvs import ensure_venv, venv_dir
 

@@ -95,6 +95,7 @@ def test_openwhisk_wraps_the_oip_request_in_value():
     (prepared,) = mix.pool(1, seed=0)
     assert prepared.path == "/run"
     doc = json.loads(prepared.body)
+    assert doc["value"]["model_name"] == "minilm"  # an image may serve several models
     assert doc["value"]["inputs"][0]["name"] == "text"
     assert decode_request(json.dumps(doc["value"]).encode(), None).inputs["text"].shape == (1,)
 

@@ -35,9 +35,7 @@ def test_redis_outage_fails_fast_keeps_cached_words_and_recovers(
         backend = open_backend(EmbeddingSettings(url=redis.url))
         load_table(backend, "demo300", vectors, "word2vec-bin", grace=0.0)
         backend.close()
-        runtime = start_runtime(
-            model_repository, models=("kim_cnn",), env={"KINDLING_REDIS_URL": redis.url}
-        )
+        runtime = start_runtime(model_repository, models=("kim_cnn",), args=("--redis", redis.url))
         path = "/v2/models/kim_cnn/infer"
         assert post(runtime, path, sentence("the film was great"))[0] == 200
 
