@@ -39,6 +39,7 @@ from kindling.runtime.app import (
     Response,
     Scope,
     Send,
+    run_lifespan,
 )
 from kindling.runtime.cpu import available_cpus
 from kindling.runtime.dataplane import DataPlane
@@ -359,14 +360,9 @@ def create_openwhisk_app(
         await response.send(send)
 
     async def lifespan(receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                action.bind(lambda: proxy.plane, asyncio.get_running_loop(), proxy.embedding_store)
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await proxy.plane.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        def bind_action_api() -> None:
+            action.bind(lambda: proxy.plane, asyncio.get_running_loop(), proxy.embedding_store)
+
+        await run_lifespan(receive, send, bind_action_api, proxy.plane.close)
 
     return app
