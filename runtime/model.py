@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +58,6 @@ class Model:
         self.preprocessor: Preprocessor | None = None
         self.provider = ""
         self.optimized_cache_hit = False
-        self.loaded = threading.Event()
         self._path: Path | None = None
         # What `save_optimized_cache` writes once the server is ready, if anything.
         self._pending_cache: tuple[Path, Path, int, list[str]] | None = None
@@ -106,8 +104,6 @@ class Model:
                 timeline.mark("ready", self.name)
         except Exception as exc:  # any failure leaves the model FAILED with a clear reason
             self._fail(exc)
-        finally:
-            self.loaded.set()
 
     def _fail(self, exc: Exception) -> None:
         self.error = exc.message if isinstance(exc, KindlingError) else f"{exc!r}"
