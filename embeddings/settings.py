@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from kindling.env import env_number
 from kindling.errors import InvalidInput
 
 OOVPolicy = Literal["zeros", "unk", "random"]
@@ -82,25 +83,11 @@ def parse_store_url(url: str, default_dir: Path = DEFAULT_DIR) -> StoreLocation:
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        raise InvalidInput(f"{name}={raw!r} is not a number") from None
-    if value < 0:
-        raise InvalidInput(f"{name}={raw!r} must not be negative")
-    return value
+    return env_number(env, name, float, default, InvalidInput)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "")
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        raise InvalidInput(f"{name}={raw!r} is not an integer") from None
-    if value < 0:
-        raise InvalidInput(f"{name}={raw!r} must not be negative")
-    return value
+    return env_number(env, name, int, default, InvalidInput)
 
 
 @dataclass(frozen=True, slots=True)

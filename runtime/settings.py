@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from kindling.env import env_number
 from kindling.errors import KindlingError
-
-N = TypeVar("N", int, float)
 
 DEFAULT_PORT = 8080  # Knative's default containerPort, and OpenWhisk's action port
 
@@ -28,14 +28,8 @@ def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
-def _number(env: Mapping[str, str], name: str, kind: type[N], default: N) -> N:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return kind(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+# A bad number stops start-up with the variable's name; ranges are checked in from_env.
+_number = partial(env_number, error=ConfigError, non_negative=False)
 
 
 def _truthy(value: str | None, default: bool) -> bool:

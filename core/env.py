@@ -1,0 +1,32 @@
+"""Typed values from an environment mapping, for the components' settings modules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
+
+
+def env_number(
+    env: Mapping[str, str],
+    name: str,
+    kind: type[N],
+    default: N,
+    error: type[Exception] = ValueError,
+    non_negative: bool = True,
+) -> N:
+    """`env[name]` as a `kind`, `default` when unset or empty; a bad value raises `error`
+    naming the variable, at start-up rather than on first use."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise error(
+            f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}"
+        ) from None
+    if non_negative and value < 0:
+        raise error(f"{name}={raw!r} must not be negative")
+    return value
