@@ -121,34 +121,15 @@ WORKLOAD_HEADER = [
 
 
 def cold_warm_table(summary: dict[str, Any]) -> list[str]:
-    rows = []
-    for name, s in summary["cold_warm"].items():
-        rows.append(
-            [
-                name,
-                str(s["ok"]),
-                ms(s["mean_ms"]),
-                ms(s["p50_ms"]),
-                ms(s["p99_ms"]),
-                ms(s["min_ms"]),
-                ms(s["max_ms"]),
-            ]
-        )
+    def row(label: str, s: dict[str, Any]) -> list[str]:
+        latencies = ("mean_ms", "p50_ms", "p99_ms", "min_ms", "max_ms")
+        return [label, str(s["ok"]), *(ms(s[k]) for k in latencies)]
+
+    rows = [row(name, s) for name, s in summary["cold_warm"].items()]
     by_stage = {s["stage"]: s for s in summary["stages"]}
-    for stage in ("cold", "warm"):
-        if stage in by_stage:
-            s = by_stage[stage]
-            rows.append(
-                [
-                    f"{stage} series",
-                    str(s["ok"]),
-                    ms(s["mean_ms"]),
-                    ms(s["p50_ms"]),
-                    ms(s["p99_ms"]),
-                    ms(s["min_ms"]),
-                    ms(s["max_ms"]),
-                ]
-            )
+    rows += [
+        row(f"{stage} series", by_stage[stage]) for stage in ("cold", "warm") if stage in by_stage
+    ]
     return table(
         ["requests", "count", "mean (ms)", "p50 (ms)", "p99 (ms)", "min (ms)", "max (ms)"], rows
     )
