@@ -33,10 +33,11 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("KINDLING_TEST_MODELS")
     if given and all((Path(given) / m / "config.yaml").is_file() for m in SAMPLE_MODELS):
         return Path(given)
-    from kindling.modelzoo.build import build_all
+    from kindling.modelzoo.cli import main as models_cli
 
     out = tmp_path_factory.mktemp("models")
-    build_all(out, SAMPLE_MODELS, cache=None)
+    # The command, not build_all: it also loads the text models' demo word vectors.
+    assert models_cli(["build", "--out", str(out)]) == 0
     return out
 
 
