@@ -33,8 +33,24 @@ class ModelNotFound(KindlingError):
         super().__init__(f"model {which} not found")
 
 
+class RouteNotFound(KindlingError):
+    """No route for the path (an unknown model is ModelNotFound)."""
+
+    status_code = 404
+
+
+class MethodNotAllowed(KindlingError):
+    status_code = 405
+
+
 class PayloadTooLarge(KindlingError):
     status_code = 413
+
+
+class HeadTooLarge(KindlingError):
+    """The request line and headers exceed the server's limit."""
+
+    status_code = 431
 
 
 class UnsupportedMediaType(KindlingError):

@@ -25,14 +25,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from kindling.loadtest.benchclient import (
+    BlockingConnection,
     closed_loop,
     free_port,
-    latencies,
+    interleaved,
     percentile,
     raw_request,
     start_echo,
@@ -77,17 +79,6 @@ def raw_session(model_path: Path, threads: int):  # noqa: ANN201 (onnxruntime ty
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-def raw_latency(session, x: np.ndarray, n: int) -> list[float]:  # noqa: ANN001
-    for _ in range(10):
-        session.run(None, {"input": x})
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def raw_throughput(session, batch_sizes: list[int], seconds: float) -> dict[int, float]:  # noqa: ANN001
     rng = np.random.default_rng(0)
     result = {}
@@ -116,10 +107,12 @@ def served_throughput(
     return closed_loop(port, [request], concurrency, seconds)[1]
 
 
-def served_latency(
-    port: int, body: bytes, headers: dict[str, str], n: int, path: str = f"/v2/models/{MODEL}/infer"
-) -> list[float]:
-    return latencies(port, raw_request(path, body, headers), n)
+def served_call(conn: BlockingConnection, request: bytes) -> Callable[[], None]:
+    def call() -> None:
+        if (status := conn.exchange(request)) != 200:
+            raise RuntimeError(f"HTTP {status}")
+
+    return call
 
 
 def wait_echo(port: int, timeout: float = 30) -> None:
@@ -136,7 +129,8 @@ def wait_echo(port: int, timeout: float = 30) -> None:
 SENTENCE = "A man is eating a piece of bread."
 
 
-def raw_text_latency(folder: Path, threads: int, n: int) -> list[float]:
+def raw_text_call(folder: Path, threads: int) -> Callable[[], None]:
+    """Tokenize and run one sentence in-process: what the served request does, minus HTTP."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -146,9 +140,8 @@ def raw_text_latency(folder: Path, threads: int, n: int) -> list[float]:
     tokenizer.enable_truncation(256)
     tokenizer.enable_padding()
     session = ort.InferenceSession(str(folder / "model.onnx"), session_options(threads))
-    times = []
-    for i in range(n + 10):
-        t = time.perf_counter()
+
+    def call() -> None:
         (e,) = tokenizer.encode_batch([SENTENCE])
         feed = {
             "input_ids": np.array([e.ids], dtype=np.int64),
@@ -156,17 +149,13 @@ def raw_text_latency(folder: Path, threads: int, n: int) -> list[float]:
             "token_type_ids": np.array([e.type_ids], dtype=np.int64),
         }
         session.run(None, feed)
-        if i >= 10:
-            times.append(time.perf_counter() - t)
-    return times
+
+    return call
 
 
-def small_payload_latency(
-    repository: Path, threads: int, n: int
-) -> tuple[list[float], list[float]]:
+def small_payload_latency(repository: Path, threads: int, rounds: int) -> dict[str, list[float]]:
     """MiniLM on one sentence: a small body, so the HTTP transfer all but vanishes and what
     remains is the runtime's own overhead. Raw = tokenize + run in-process."""
-    raw = raw_text_latency(repository / "minilm", threads, n)
     body = json.dumps(
         {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [SENTENCE]}]}
     ).encode()
@@ -175,11 +164,31 @@ def small_payload_latency(
     server = start_runtime(repository, port, env)
     try:
         wait_ready(port)
-        served = served_latency(port, body, {}, n, path="/v2/models/minilm/infer")
+        conn = BlockingConnection(port)
+        request = raw_request("/v2/models/minilm/infer", body)
+        samplers = {
+            "raw": raw_text_call(repository / "minilm", threads),
+            "served": served_call(conn, request),
+        }
+        result = flat(interleaved(samplers, rounds))
+        conn.close()
     finally:
         server.terminate()
         server.wait()
-    return raw, served
+    return result
+
+
+def flat(rounds: dict[str, list[list[float]]]) -> dict[str, list[float]]:
+    return {name: [t for times in per_round for t in times] for name, per_round in rounds.items()}
+
+
+def round_deltas(rounds: dict[str, list[list[float]]], a: str, b: str) -> float:
+    """Median over rounds of (median of `a` - median of `b`) in that round, in ms."""
+    deltas = [
+        statistics.median(x) - statistics.median(y)
+        for x, y in zip(rounds[a], rounds[b], strict=True)
+    ]
+    return statistics.median(deltas) * 1e3
 
 
 # -- cold start -------------------------------------------------------------------------
@@ -234,7 +243,9 @@ def served_cold_start(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--requests", type=int, default=300, help="latency samples per side")
+    parser.add_argument(
+        "--rounds", type=int, default=40, help="latency rounds of 25 requests per side"
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput measurement")
     parser.add_argument("--cold-starts", type=int, default=7, help="cold starts per side")
     args = parser.parse_args(argv)
@@ -259,30 +270,36 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         session = raw_session(repo / MODEL / "model.onnx", threads)
-        raw_lat = raw_latency(session, x, args.requests)
         raw_tp = raw_throughput(session, [1, 2, 4, 8, 16, 32], args.seconds / 2)
-        del session
 
-        port = free_port()
-        server = start_server(repo, port, env)
+        # Latency at concurrency 1: raw, served and the HTTP floor (the same exchange
+        # with a server that only reads the body) in alternating rounds.
+        port, echo_port = free_port(), free_port()
+        server, echo = start_server(repo, port, env), start_echo(echo_port)
         try:
             wait_ready(port)
-            served_lat = served_latency(port, body, headers, args.requests)
+            wait_echo(echo_port)
+            conn, echo_conn = BlockingConnection(port), BlockingConnection(echo_port)
+            feed, run = {"input": x}, session.run
+            request = raw_request(f"/v2/models/{MODEL}/infer", body, headers)
+            latency_rounds = interleaved(
+                {
+                    "raw": lambda: run(None, feed),
+                    "served": served_call(conn, request),
+                    "floor": served_call(echo_conn, raw_request("/", body, headers)),
+                },
+                args.rounds,
+            )
+            conn.close()
+            echo_conn.close()
             served_tp = served_throughput(port, body, headers, 16, args.seconds)
         finally:
-            server.terminate()
-            server.wait()
+            for process in (server, echo):
+                process.terminate()
+                process.wait()
+        del session
 
-        port = free_port()
-        echo = start_echo(port)
-        try:
-            wait_echo(port)
-            echo_lat = served_latency(port, body, headers, args.requests, path="/")
-        finally:
-            echo.terminate()
-            echo.wait()
-
-        text_raw, text_served = small_payload_latency(args.model_repository, threads, args.requests)
+        text = small_payload_latency(args.model_repository, threads, args.rounds)
 
         floor = [floor_cold_start(repo / MODEL / "model.onnx") for _ in range(args.cold_starts)]
         cache = repo / MODEL / ".kindling-cache"
@@ -300,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         cold = [served_cold_start(repo, body, headers, env) for _ in range(args.cold_starts)]
 
     best_batch = max(raw_tp, key=lambda b: raw_tp[b])
+    lat = flat(latency_rounds)
+    raw_lat, served_lat, echo_lat = lat["raw"], lat["served"], lat["floor"]
     r50, s50 = percentile(raw_lat, 50) * 1e3, percentile(served_lat, 50) * 1e3
     f50, c50, c1 = (statistics.median(v) for v in (floor, cold, cold_first))
     print(
@@ -307,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'':34}{'raw onnxruntime':>18}{'served (OIP binary)':>22}{'delta / ratio':>16}")
     print(f"{'latency c=1 p50 (ms)':34}{r50:18.2f}{s50:22.2f}{s50 - r50:+15.2f}ms")
+    per_round = round_deltas(latency_rounds, "served", "raw")
+    print(f"{'  median of per-round deltas':34}{'':40}{per_round:+15.2f}ms")
     r99, s99 = percentile(raw_lat, 99) * 1e3, percentile(served_lat, 99) * 1e3
     print(f"{'latency c=1 p99 (ms)':34}{r99:18.2f}{s99:22.2f}")
     print(
@@ -316,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     e50 = percentile(echo_lat, 50) * 1e3
     print(f"{'  HTTP floor: same body, echo app':34}{'':18}{e50:22.2f}")
     print(f"{'  served - raw - HTTP floor':34}{'':18}{s50 - r50 - e50:+22.2f}")
-    t_raw, t_served = (percentile(v, 50) * 1e3 for v in (text_raw, text_served))
+    t_raw, t_served = (percentile(v, 50) * 1e3 for v in (text["raw"], text["served"]))
     print(
         f"{'minilm, 1 sentence, c=1 p50 (ms)':34}{t_raw:18.2f}{t_served:22.2f}"
         f"{t_served - t_raw:+15.2f}ms"

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,21 +64,9 @@ def wait_ready(port: int, timeout: float = 60) -> None:
 ECHO_BODY = b"x" * 4000  # about one image model's binary logits response
 
 
-async def echo_app(scope: dict, receive: object, send: object) -> None:
-    """The HTTP floor: an ASGI app that reads the body and answers 4 kB, nothing else."""
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()  # type: ignore[operator]
-        more = message.get("more_body", False)
-    headers = [(b"content-length", str(len(ECHO_BODY)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
-    await send({"type": "http.response.body", "body": ECHO_BODY})  # type: ignore[operator]
-
-
 def start_echo(port: int) -> subprocess.Popen[bytes]:
-    """uvicorn serving `echo_app` exactly as the runtime is served (same protocol class)."""
+    """The HTTP floor: the runtime's own HTTP server with a handler that reads the body
+    and answers 4 kB, nothing else."""
     return subprocess.Popen(
         [sys.executable, "-m", "kindling.loadtest.benchclient", "--echo", str(port)],
         stdout=subprocess.DEVNULL,
@@ -86,19 +75,16 @@ def start_echo(port: int) -> subprocess.Popen[bytes]:
 
 
 def serve_echo(port: int) -> None:
-    import uvicorn
+    from kindling.runtime.httpserver import App, Request, Response
+    from kindling.runtime.server import loop_factory, run_server
 
-    from kindling.runtime.server import BodyPassThroughProtocol
+    async def handle(request: Request) -> Response:
+        await request.body()
+        return Response(ECHO_BODY, content_type=b"application/octet-stream")
 
-    uvicorn.run(
-        echo_app,
-        port=port,
-        loop="uvloop",
-        http=BodyPassThroughProtocol,
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-    )
+    app = App(handle, error=lambda exc: Response(exc.message.encode(), exc.status_code))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(run_server(app, "127.0.0.1", port, 1 << 30, 5.0, 1.0))
 
 
 def get(port: int, path: str) -> str:
@@ -164,26 +150,80 @@ def closed_loop(
     return latencies, len(latencies) / (time.perf_counter() - started)
 
 
+class BlockingConnection:
+    """One keep-alive connection on a blocking socket: at concurrency 1 the leanest client
+    (no event loop between the socket and the clock), so what is timed is the server."""
+
+    def __init__(self, port: int, timeout: float = 60) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = self.sock.makefile("rb", buffering=1 << 16)
+
+    def exchange(self, request: bytes) -> int:
+        """Send a prebuilt request, read the whole response; returns its status."""
+        self.sock.sendall(request)
+        reader = self.reader
+        status = int(reader.readline().split()[1])
+        length = None
+        chunked = False
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        if chunked:
+            while size := int(reader.readline().split(b";")[0], 16):
+                reader.read(size + 2)
+            reader.readline()
+        elif length:
+            reader.read(length)
+        return status
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
 def latencies(port: int, request: bytes, count: int, warmup: int = 10) -> list[float]:
     """`count` sequential request latencies (seconds) on one connection, after `warmup`."""
-
-    async def run() -> list[float]:
+    conn = BlockingConnection(port)
+    try:
         times: list[float] = []
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            for i in range(count + warmup):
-                started = time.perf_counter()
-                writer.write(request)
-                await writer.drain()
-                if (status := await read_response(reader)) != 200:
-                    raise RuntimeError(f"HTTP {status}")
-                if i >= warmup:
-                    times.append(time.perf_counter() - started)
-        finally:
-            writer.close()
+        for i in range(count + warmup):
+            started = time.perf_counter()
+            if (status := conn.exchange(request)) != 200:
+                raise RuntimeError(f"HTTP {status}")
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
         return times
+    finally:
+        conn.close()
 
-    return asyncio.run(run())
+
+def interleaved(
+    samplers: dict[str, Callable[[], object]], rounds: int, per_round: int = 25, warmup: int = 5
+) -> dict[str, list[list[float]]]:
+    """Time each sampler in turn, `per_round` calls at a time, for `rounds` rounds.
+
+    On a shared machine the speed drifts over seconds; alternating in short rounds puts
+    every side through the same drift, so their difference is fair where separate runs
+    would differ by the drift (±20% here). Returns each side's samples (seconds) per round.
+    """
+    for sample in samplers.values():
+        for _ in range(warmup):
+            sample()
+    result: dict[str, list[list[float]]] = {name: [] for name in samplers}
+    for _ in range(rounds):
+        for name, sample in samplers.items():
+            times = []
+            for _ in range(per_round):
+                started = time.perf_counter()
+                sample()
+                times.append(time.perf_counter() - started)
+            result[name].append(times)
+    return result
 
 
 def try_once(port: int, request: bytes, timeout: float) -> int | None:

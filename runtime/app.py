@@ -1,19 +1,17 @@
-"""The OIP v2 REST transport: a plain ASGI app over the data plane.
+"""The OIP v2 REST routes over the data plane, on the runtime's own HTTP server.
 
 No web framework: FastAPI's import costs ~200 ms and Starlette's ~35 ms of every cold
 start (measured in README, "Cold start"), for a dozen fixed routes that a table and a
-path split serve as well. The app runs under uvicorn like any ASGI app.
+path split serve as well.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 
-from kindling.errors import InvalidInput, KindlingError, PayloadTooLarge
+from kindling.errors import KindlingError, MethodNotAllowed, RouteNotFound
 from kindling.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kindling.runtime.codec import (
     HEADER_LENGTH,
@@ -23,82 +21,16 @@ from kindling.runtime.codec import (
     encode_response,
 )
 from kindling.runtime.dataplane import DataPlane
+from kindling.runtime.httpserver import (
+    JSON,
+    App,
+    Request,
+    Response,
+    json_response,
+)
 from kindling.runtime.settings import ServerSettings
 
-log = logging.getLogger("kindling.runtime")
-
 COLD_START_HEADER = b"kindling-cold-start"
-JSON = b"application/json"
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class NotFound(KindlingError):
-    status_code = 404
-
-
-class MethodNotAllowed(KindlingError):
-    status_code = 405
-
-
-class Request:
-    """What a handler needs of one HTTP request."""
-
-    __slots__ = ("headers", "method", "params", "receive")
-
-    def __init__(self, scope: Scope, receive: Receive, params: dict[str, str]) -> None:
-        self.method: str = scope["method"]
-        self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        self.params = params
-        self.receive = receive
-
-    async def body(self, limit: int) -> bytes:
-        """The body, refused past `limit` bytes (before reading, if Content-Length says so)."""
-        declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidInput("client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-class Response:
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(
-        self,
-        body: bytes,
-        status: int = 200,
-        content_type: bytes = JSON,
-        headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        self.body = body
-        self.status = status
-        self.headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            *(headers or []),
-        ]
-
-    async def send(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        await send({"type": "http.response.body", "body": self.body})
-
-
-def json_response(doc: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(doc), status)
 
 
 def error_response(exc: KindlingError) -> Response:
@@ -111,7 +43,7 @@ def error_response(exc: KindlingError) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(settings: ServerSettings, plane: DataPlane) -> Callable[..., Awaitable[None]]:
+def create_app(settings: ServerSettings, plane: DataPlane) -> App:
     limit = settings.max_body_bytes
 
     async def server_metadata(_: Request) -> Response:
@@ -155,7 +87,7 @@ def create_app(settings: ServerSettings, plane: DataPlane) -> Callable[..., Awai
 
     async def infer(request: Request) -> Response:
         async def read() -> InferRequest:
-            body = await request.body(limit)
+            body = await request.body()
             body = decompress(body, request.headers.get("content-encoding"), limit)
             return decode_request(body, request.headers.get(HEADER_LENGTH))
 
@@ -212,46 +144,15 @@ def create_app(settings: ServerSettings, plane: DataPlane) -> Callable[..., Awai
                 action = rest[0] if rest else ""
                 if action in model_actions:
                     return model_actions[action], params
-        raise NotFound(f"no route for {path}")
+        raise RouteNotFound(f"no route for {path}")
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        try:
-            handlers, params = route(scope["path"])
-            handler = handlers.get(scope["method"])
-            if handler is None:
-                raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}")
-            response = await handler(Request(scope, receive, params))
-        except KindlingError as exc:
-            response = error_response(exc)
-        except Exception as exc:  # the one place an unexpected error becomes a 500
-            log.exception("unhandled error", exc_info=exc)
-            response = json_response({"error": f"internal error: {type(exc).__name__}"}, 500)
-        await response.send(send)
+    async def handle(request: Request) -> Response:
+        handlers, request.params = route(request.path)
+        handler = handlers.get(request.method)
+        if handler is None and request.method == "HEAD":
+            handler = handlers.get("GET")  # the server sends the head without the body
+        if handler is None:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        return await handler(request)
 
-    async def lifespan(receive: Receive, send: Send) -> None:
-        await run_lifespan(receive, send, lambda: None, plane.close)
-
-    return app
-
-
-async def run_lifespan(
-    receive: Receive,
-    send: Send,
-    startup: Callable[[], None],
-    shutdown: Callable[[], Awaitable[None]],
-) -> None:
-    """The ASGI lifespan protocol, for both transports."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            startup()
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await shutdown()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    return App(handle, error_response, shutdown=plane.close)

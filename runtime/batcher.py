@@ -50,6 +50,7 @@ class AdaptiveBatcher:
         max_delay_s: float,
         pad_values: dict[str, float | None],
         on_batch: Callable[[int, float], None] | None = None,
+        inline_max_s: float = 0.0,
     ) -> None:
         self.predict = predict
         self.executor = executor
@@ -57,6 +58,9 @@ class AdaptiveBatcher:
         self.max_delay_s = max_delay_s
         self.pad_values = pad_values
         self.on_batch = on_batch
+        self.inline_max_s = inline_max_s
+        self._row_compute_s = float("inf")
+        """Compute time per row of the last lone request; unknown until one ran."""
         self.arriving = 0
         """Requests past routing but not yet queued; only then is waiting worth it."""
         self._queue: deque[Pending] = deque()
@@ -66,6 +70,13 @@ class AdaptiveBatcher:
         self._worker: asyncio.Task[None] | None = None
 
     async def infer(self, inputs: Tensors, rows: int) -> tuple[Tensors, BatchTimes]:
+        if (
+            not self._queue
+            and not self._current
+            and self.arriving <= 0
+            and self._row_compute_s * rows <= self.inline_max_s
+        ):
+            return self._infer_inline(inputs, rows)
         if self._worker is None:
             # Created lazily so the queue's event belongs to the running loop.
             self._wakeup = asyncio.Event()
@@ -75,6 +86,27 @@ class AdaptiveBatcher:
         assert self._wakeup is not None
         self._wakeup.set()
         return await pending.future  # type: ignore[return-value]
+
+    def _infer_inline(self, inputs: Tensors, rows: int) -> tuple[Tensors, BatchTimes]:
+        """Run a lone request on the calling (event-loop) thread: nothing waits to merge
+        with it and the inference thread is idle, so handing it over and back would only
+        add two thread wake-ups. Short models only (`inline_max_s`): the loop reads no
+        other connection meanwhile."""
+        started = time.perf_counter()
+        try:
+            outputs = self.predict(inputs)
+        finally:
+            compute = time.perf_counter() - started
+            self._row_compute_s = compute / max(rows, 1)
+        self._observe(rows, compute)
+        return outputs, BatchTimes(0.0, compute, rows)
+
+    def _observe(self, rows: int, compute_s: float) -> None:
+        if self.on_batch is not None:
+            try:
+                self.on_batch(rows, compute_s)
+            except Exception:  # metrics must never stop the worker
+                log.exception("batch observer failed")
 
     async def close(self) -> None:
         if self._worker is not None:
@@ -105,14 +137,15 @@ class AdaptiveBatcher:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
+                self._current = []
                 continue
+            # Cleared only once answered: close() fails the callers of a cancelled run.
+            self._current = []
             compute = time.perf_counter() - started
             rows = sum(p.rows for p in batch)
-            if self.on_batch is not None:
-                try:
-                    self.on_batch(rows, compute)
-                except Exception:  # metrics must never stop the worker
-                    log.exception("batch observer failed")
+            if len(batch) == 1:
+                self._row_compute_s = compute / max(rows, 1)
+            self._observe(rows, compute)
             for p, result in zip(batch, outputs, strict=True):
                 if p.future.done():  # the caller went away
                     continue

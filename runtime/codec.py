@@ -10,6 +10,7 @@ length prefixes followed by the bytes.
 from __future__ import annotations
 
 import math
+import sys
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,13 +39,18 @@ DTYPES: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),
 }
 DATATYPES: dict[np.dtype, str] = {v: k for k, v in DTYPES.items()}
+LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def datatype_of(array: np.ndarray) -> str:
-    if array.dtype.kind in ("O", "S", "U"):
+    dtype = array.dtype
+    datatype = DATATYPES.get(dtype)  # native order on little-endian hosts: no new dtype
+    if datatype is not None:
+        return datatype
+    if dtype.kind in ("O", "S", "U"):
         return "BYTES"
     try:
-        return DATATYPES[array.dtype.newbyteorder("<")]
+        return DATATYPES[dtype.newbyteorder("<")]
     except KeyError:
         raise InvalidInput(f"dtype {array.dtype} has no OIP datatype") from None
 
@@ -328,6 +334,8 @@ def encode_response(
 
 
 def _le_bytes(array: np.ndarray) -> bytes:
+    if array.dtype.byteorder == "<" or (array.dtype.byteorder in "=|" and LITTLE_ENDIAN):
+        return array.tobytes()  # C order, whatever the array's layout
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 

@@ -35,8 +35,11 @@ class InferResult:
 
 
 class DataPlane:
-    def __init__(self, models: dict[str, Model], metrics: RuntimeMetrics) -> None:
+    def __init__(
+        self, models: dict[str, Model], metrics: RuntimeMetrics, inline_max_s: float = 0.0
+    ) -> None:
         self.models = models
+        self.inline_max_s = inline_max_s
         self.metrics = metrics
         self.timeline: ColdStartTimeline = metrics.timeline
         self._served_one = False
@@ -68,6 +71,7 @@ class DataPlane:
                 max_delay_s=model.config.max_queue_delay_ms / 1000,
                 pad_values=model.pad_values,
                 on_batch=self._batch_observer(model.name),
+                inline_max_s=self.inline_max_s,
             )
         return batcher
 

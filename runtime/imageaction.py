@@ -19,8 +19,7 @@ from typing import Any
 
 import orjson
 
-from kindling.errors import InvalidInput, KindlingError
-from kindling.runtime.app import MethodNotAllowed, NotFound
+from kindling.errors import InvalidInput, KindlingError, MethodNotAllowed, RouteNotFound
 from kindling.runtime.codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -174,7 +173,7 @@ class ImageAction:
                 target = "?"
         wanted = {"infer": "POST", "metadata": "GET", "server": "GET"}.get(target)
         if wanted is None:
-            raise NotFound(f"no route for {value.get('__ow_path')!r}")
+            raise RouteNotFound(f"no route for {value.get('__ow_path')!r}")
         if method != wanted:
             raise MethodNotAllowed(f"{method} is not allowed on {value.get('__ow_path') or '/'}")
         plane = self.plane()

@@ -1,8 +1,8 @@
 """The loader thread: builds every model while the main thread imports the HTTP stack.
 
 It imports numpy and onnxruntime itself, so those imports run alongside the main
-thread's (uvicorn, Starlette); session creation and the warm-up run release the GIL and
-overlap with them outright (paper 001: overlap the cold-start steps).
+thread's (the HTTP server and the app); session creation and the warm-up run release the
+GIL and overlap with them outright (paper 001: overlap the cold-start steps).
 """
 
 from __future__ import annotations

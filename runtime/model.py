@@ -63,11 +63,8 @@ class Model:
         self._pending_cache: tuple[Path, Path, int, list[str]] | None = None
         self._specs = {t.name: t for t in config.inputs}
         self._output_names = [t.name for t in config.outputs]
-
-    @property
-    def max_rows(self) -> int:
+        self.max_rows = config.max_batch_size if config.batch_dynamic else 0
         """Rows one ORT run may take: the batcher never merges past this."""
-        return self.config.max_batch_size if self.config.batch_dynamic else 0
 
     # -- loading (runs in the loader thread) -------------------------------------------
 

@@ -8,7 +8,7 @@ messages follow the Python runtime (apache/openwhisk-runtime-python) and the Go 
 proxy it runs on (apache/openwhisk-runtime-go); the module docstrings of action.py and
 the README ("OpenWhisk") say what action code gets.
 
-Plain ASGI like app.py, for the same cold-start reason.
+On the runtime's own HTTP server like app.py, for the same cold-start reason.
 """
 
 from __future__ import annotations
@@ -21,28 +21,17 @@ import logging
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from kindling.errors import InvalidInput, KindlingError
+from kindling.errors import InvalidInput, KindlingError, MethodNotAllowed, RouteNotFound
 from kindling.runtime import action
-from kindling.runtime.app import (
-    JSON,
-    MethodNotAllowed,
-    NotFound,
-    Receive,
-    Request,
-    Response,
-    Scope,
-    Send,
-    run_lifespan,
-)
 from kindling.runtime.cpu import available_cpus
 from kindling.runtime.dataplane import DataPlane
+from kindling.runtime.httpserver import JSON, App, Request, Response
 from kindling.runtime.imageaction import ImageAction, error_body, never_503, text_media
 from kindling.runtime.settings import ServerSettings
 
@@ -304,24 +293,26 @@ def http_response(outcome: Outcome) -> Response:
     return Response(data, status, content_type or JSON, headers)
 
 
-def create_openwhisk_app(
-    settings: ServerSettings, plane: DataPlane, loader: ModelLoader
-) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def create_openwhisk_app(settings: ServerSettings, plane: DataPlane, loader: ModelLoader) -> App:
     proxy = ActionProxy(settings, plane, loader)
-    limit = settings.max_body_bytes
     knative = settings.openwhisk_platform == "knative"
     track_streams()
 
-    async def handle(request: Request, path: str) -> Response:
+    async def handle(request: Request) -> Response:
+        path = request.path
+        if path not in routes:
+            raise RouteNotFound(f"no route for {path}")
+        if request.method != "POST":
+            raise MethodNotAllowed(f"{request.method} is not allowed on {path}")
         if path == "/run":
             try:
-                message = parse_json(await request.body(limit))
+                message = parse_json(await request.body())
             except KindlingError as exc:  # still an activation: its logs need their frame
                 end_activation()
                 raise exc from None
             outcome = await proxy.run(message)
             return Response(outcome.body, outcome.status)
-        message = parse_json(await request.body(limit))
+        message = parse_json(await request.body())
         if path == "/init":
             try:
                 await proxy.init(message)
@@ -337,32 +328,10 @@ def create_openwhisk_app(
 
     routes = {"/init", "/run"} | ({"/"} if knative else set())
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        path = scope["path"]
-        try:
-            if path not in routes:
-                raise NotFound(f"no route for {path}")
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} is not allowed on {path}")
-            response = await handle(Request(scope, receive, {}), path)
-        except KindlingError as exc:
-            response = Response(error_body(exc), status_of(exc))
-        except Exception as exc:  # the one place an unexpected error becomes a 500
-            log.exception("unhandled error", exc_info=exc)
-            response = Response(
-                orjson.dumps({"error": f"internal error: {type(exc).__name__}"}), 500
-            )
-        await response.send(send)
+    def error(exc: KindlingError) -> Response:
+        return Response(error_body(exc), status_of(exc))
 
-    async def lifespan(receive: Receive, send: Send) -> None:
-        def bind_action_api() -> None:
-            action.bind(lambda: proxy.plane, asyncio.get_running_loop(), proxy.embedding_store)
+    def bind_action_api() -> None:
+        action.bind(lambda: proxy.plane, asyncio.get_running_loop(), proxy.embedding_store)
 
-        await run_lifespan(receive, send, bind_action_api, proxy.plane.close)
-
-    return app
+    return App(handle, error, startup=bind_action_api, shutdown=proxy.plane.close)

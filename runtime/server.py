@@ -1,123 +1,128 @@
-"""Run the ASGI app under uvicorn with Knative's lifecycle: ready after load, drain on SIGTERM."""
+"""Run an app on the runtime's HTTP server with Knative's lifecycle: ready after load, drain
+on SIGTERM (stop accepting, finish in-flight requests, exit 0)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
+from collections.abc import Callable
 
-import uvicorn
-from uvicorn.protocols.http.httptools_impl import HIGH_WATER_LIMIT, HttpToolsProtocol
-
-from kindling.runtime.app import create_app
 from kindling.runtime.dataplane import DataPlane
+from kindling.runtime.httpserver import App, HttpServer
 from kindling.runtime.loader import ModelLoader
 from kindling.runtime.settings import ServerSettings
 from kindling.runtime.telemetry import RuntimeMetrics
 
-
-class BodyPassThroughProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, passing request-body chunks to the app uncopied.
-
-    uvicorn appends each chunk to a bytearray and copies it out again in receive(): for
-    a 600 kB image that is two more copies into fresh, page-faulting buffers per chunk,
-    and 0.45 ms of a 1.15 ms round trip (measured: loadtest/bench_runtime.py's HTTP floor,
-    0.70 ms with this class). Flow control hands the app each chunk before the next is
-    read, so a chunk can usually pass through as the bytes object it arrived as.
-    """
-
-    def on_body(self, body: bytes) -> None:
-        cycle = self.cycle
-        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
-            return
-        if cycle.body:  # the app has not taken the last chunk yet
-            cycle.body += body
-        else:
-            cycle.body = body  # type: ignore[assignment]
-        if len(cycle.body) > HIGH_WATER_LIMIT:
-            self.flow.pause_reading()
-        cycle.message_event.set()
-
+log = logging.getLogger("kindling.runtime")
 
 # How long no inference must have run before background work starts; long enough to tell
 # a pause between requests of a burst from the end of it.
 IDLE_BEFORE_BACKGROUND_S = 1.0
+# An invoker keeps its connection to a paused container for minutes; a short keep-alive
+# would close it under the next /run, which Go's net/http (the OpenWhisk action proxy)
+# never does.
+KEEP_ALIVE_S = 5.0
+OPENWHISK_KEEP_ALIVE_S = 3600.0
 
 
-class RuntimeServer(uvicorn.Server):
-    """uvicorn's server, marking the cold-start timeline once it is listening and loaded."""
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # not on every platform; asyncio's own loop works, a bit slower
+        return None
+    return uvloop.new_event_loop
 
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        loader: ModelLoader,
-        plane: DataPlane,
-        cache_delay_s: float,
-        log_cold_start: bool = True,
-    ) -> None:
-        super().__init__(config)
-        self.loader = loader
-        self.plane = plane
-        self.timeline = plane.timeline
-        self.cache_delay_s = cache_delay_s
-        self.log_cold_start = log_cold_start
 
-    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
-        await super().startup(sockets)
-        asyncio.get_running_loop().create_task(self._mark_ready())
+def configure_logging(level: str) -> None:
+    number = logging.getLevelName(level.upper())
+    logging.basicConfig(
+        level=number if isinstance(number, int) else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
-    async def _mark_ready(self) -> None:
-        if self.loader.is_alive():
-            await asyncio.to_thread(self.loader.join)
-        self.timeline.mark("ready")
-        if self.log_cold_start:
-            self.timeline.log()
-        # The requests that woke this pod come first: background work (optimized-graph
-        # caches, CUDA buckets) waits until the models have been idle for a moment.
-        await asyncio.sleep(self.cache_delay_s)
-        while self.plane.idle_for() < IDLE_BEFORE_BACKGROUND_S:
-            await asyncio.sleep(IDLE_BEFORE_BACKGROUND_S)
-        for model in list(self.plane.models.values()):
-            await asyncio.to_thread(model.save_optimized_cache)
-            await asyncio.to_thread(model.warm_buckets)
+
+async def background_work(
+    plane: DataPlane, loader: ModelLoader, delay_s: float, log_cold_start: bool
+) -> None:
+    """Mark ready once every model has loaded, then, once the models have been idle for a
+    moment, write optimized-graph caches and warm CUDA buckets: the requests that woke the
+    pod come first."""
+    if loader.is_alive():
+        await asyncio.to_thread(loader.join)
+    plane.timeline.mark("ready")
+    if log_cold_start:
+        plane.timeline.log()
+    await asyncio.sleep(delay_s)
+    while plane.idle_for() < IDLE_BEFORE_BACKGROUND_S:
+        await asyncio.sleep(IDLE_BEFORE_BACKGROUND_S)
+    for model in list(plane.models.values()):
+        await asyncio.to_thread(model.save_optimized_cache)
+        await asyncio.to_thread(model.warm_buckets)
+
+
+async def run_server(
+    app: App,
+    host: str,
+    port: int,
+    max_body: int,
+    keep_alive_s: float,
+    graceful_timeout_s: float,
+    after_listen: Callable[[], object] | None = None,
+) -> int:
+    """Serve `app` until SIGTERM or SIGINT, then drain; 1 if the port can't be bound."""
+    loop = asyncio.get_running_loop()
+    server = HttpServer(app, loop, max_body, keep_alive_s)
+    app.startup()
+    try:
+        await server.listen(host, port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        return 1
+    log.info("serving on http://%s:%d", host, port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = loop.create_task(after_listen()) if after_listen is not None else None  # type: ignore[arg-type]
+    await stop.wait()
+    log.info("draining: %d connections open", len(server.connections))
+    if task is not None:
+        task.cancel()
+    await server.drain(graceful_timeout_s)
+    if app.shutdown is not None:
+        await app.shutdown()
+    return 0
 
 
 def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics) -> int:
-    timeline = metrics.timeline
-    plane = DataPlane(loader.models, metrics)
+    plane = DataPlane(loader.models, metrics, inline_max_s=settings.inline_max_ms / 1000)
     if settings.openwhisk:
         from kindling.runtime.openwhisk import create_openwhisk_app
 
         app = create_openwhisk_app(settings, plane, loader)
     else:
+        from kindling.runtime.app import create_app
+
         app = create_app(settings, plane)
-    timeline.mark("imports")
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http=BodyPassThroughProtocol,
-        ws="none",  # no websockets: spares importing them on every cold start
-        lifespan="on",
-        access_log=False,  # a log line per request is hot-path work; /metrics counts them
-        log_level=settings.log_level,
-        # On SIGTERM uvicorn stops accepting, lets in-flight requests finish, then exits
-        # (Knative's runtime contract); this bounds the wait.
-        timeout_graceful_shutdown=settings.graceful_timeout_s,
-        server_header=False,
-        date_header=False,
-        # An invoker keeps its connection to a paused container for minutes; a short
-        # keep-alive would close it under the next /run, which Go's net/http (the
-        # OpenWhisk action proxy) never does.
-        timeout_keep_alive=3600 if settings.openwhisk else 5,
-    )
-    server = RuntimeServer(
-        config,
-        loader,
-        plane,
-        settings.optimized_cache_delay_s,
+    metrics.timeline.mark("imports")
+    configure_logging(settings.log_level)
+
+    def after_listen() -> object:
         # Under OpenWhisk stdout and stderr are the activations' logs, framed per
         # activation; a line before the first would land in its logs.
-        log_cold_start=not settings.openwhisk,
-    )
-    server.run()
-    return 0
+        return background_work(
+            plane, loader, settings.optimized_cache_delay_s, not settings.openwhisk
+        )
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(
+            run_server(
+                app,
+                settings.host,
+                settings.port,
+                settings.max_body_bytes,
+                OPENWHISK_KEEP_ALIVE_S if settings.openwhisk else KEEP_ALIVE_S,
+                settings.graceful_timeout_s,
+                after_listen,
+            )
+        )

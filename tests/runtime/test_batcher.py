@@ -66,7 +66,7 @@ async def until(condition) -> None:
     raise AssertionError("condition never held")
 
 
-def make(model, executor, max_rows=8, max_delay_s=30.0, pad=None, on_batch=None):
+def make(model, executor, max_rows=8, max_delay_s=30.0, pad=None, on_batch=None, inline_s=0.0):
     return AdaptiveBatcher(
         predict=model,
         executor=executor,
@@ -74,6 +74,7 @@ def make(model, executor, max_rows=8, max_delay_s=30.0, pad=None, on_batch=None)
         max_delay_s=max_delay_s,
         pad_values={"x": pad},
         on_batch=on_batch,
+        inline_max_s=inline_s,
     )
 
 
@@ -395,3 +396,92 @@ def test_close_fails_the_batch_in_flight(executor):
         return done
 
     assert run(main())
+
+
+# -- lone requests on the event-loop thread ------------------------------------------------
+
+
+class ThreadRecorder(FakeModel):
+    """Also records which thread ran each call, and can take a fixed time per call."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+        self.seconds = seconds
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        if self.seconds:
+            threading.Event().wait(self.seconds)
+        return super().__call__(inputs)
+
+
+def test_a_lone_request_of_a_quick_model_runs_on_the_loop_thread(executor):
+    """The first request measures the model on the inference thread; once it is known to
+    be quick, lone requests skip the hand-off, with the same answers and observations."""
+    model = ThreadRecorder()
+    observed: list[int] = []
+    batcher = make(model, executor, on_batch=lambda n, _s: observed.append(n), inline_s=1.0)
+
+    async def go():
+        results = [await batcher.infer({"x": rows(i, 1)}, 1) for i in range(3)]
+        await batcher.close()
+        return results
+
+    results = run(go())
+    loop_thread = threading.current_thread().name
+    assert model.threads == ["test-infer_0", loop_thread, loop_thread]
+    for i, (outputs, times) in enumerate(results):
+        np.testing.assert_array_equal(outputs["y"], rows(i, 1) * 2)
+        assert times.queue_s == 0.0 or i == 0
+        assert times.batch_rows == 1
+    assert observed == [1, 1, 1]
+
+
+def test_inline_is_off_at_zero_and_for_slow_models(executor):
+    for inline_s, seconds in ((0.0, 0.0), (0.005, 0.02)):
+        model = ThreadRecorder(seconds)
+        batcher = make(model, executor, inline_s=inline_s)
+
+        async def go(batcher=batcher):
+            for i in range(3):
+                await batcher.infer({"x": rows(i, 1)}, 1)
+            await batcher.close()
+
+        run(go())
+        assert set(model.threads) == {"test-infer_0"}, (inline_s, seconds)
+
+
+def test_the_inline_budget_scales_with_rows(executor):
+    """Measured per row: a quick model's request of many rows may still take too long."""
+    model = ThreadRecorder(0.004)
+    batcher = make(model, executor, max_rows=64, inline_s=0.1)
+
+    async def go():
+        await batcher.infer({"x": rows(0, 1)}, 1)  # measures ~4 ms per row
+        await batcher.infer({"x": rows(0, 1)}, 1)  # inline
+        await batcher.infer({"x": rows(0, 32)}, 32)  # 32 rows: >= 128 ms, not inline
+        await batcher.close()
+
+    run(go())
+    loop_thread = threading.current_thread().name
+    assert model.threads == ["test-infer_0", loop_thread, "test-infer_0"]
+
+
+def test_requests_arriving_together_still_batch_when_inline_is_on(executor):
+    """Inline is for a lone request: with others queued or arriving, requests merge on
+    the inference thread as before."""
+    model = FakeModel(block_first=True)
+    batcher = make(model, executor, max_delay_s=0.0, inline_s=10.0)
+
+    async def go():
+        first = asyncio.ensure_future(batcher.infer({"x": rows(0, 1)}, 1))
+        await until(model.started.is_set)
+        rest = [asyncio.ensure_future(batcher.infer({"x": rows(i, 1)}, 1)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+
+    run(go())
+    assert model.rows_per_call == [1, 3]

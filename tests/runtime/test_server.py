@@ -31,7 +31,7 @@ WORDS = (
     "dull brilliant who wrote hamlet shakespeare tragedy play 1603 ; -- éclair"
 ).split()
 DTYPES = {"FP32": np.float32, "INT64": np.int64}
-# uvicorn re-raises SIGTERM once it has drained, so a clean stop exits by that signal.
+# A drained runtime exits 0; a signal exit is accepted for a stop that races start-up.
 DRAINED = (0, -signal.SIGTERM)
 
 
