@@ -366,16 +366,30 @@ class HttpProtocol(asyncio.BufferedProtocol):
     async def _serve(self) -> None:
         transport = self._transport
         assert transport is not None
+        try:
+            await self._serve_pending(transport)
+        except Exception:  # a bug here must not leave the client hanging
+            log.exception("connection failed")
+            transport.abort()
+        finally:
+            self._worker = None
+        if not self._pending and not transport.is_closing():
+            if self._server.draining:
+                transport.close()
+            else:
+                self._idle_since = self._loop.time()
+
+    async def _serve_pending(self, transport: asyncio.Transport) -> None:
         while self._pending:
             request = self._pending[0]
             response = await self._app.respond(request)
             if transport.is_closing():
-                break
+                return
             keep_alive = request.keep_alive and not self._close_after and not self._server.draining
             self._write(request, response, keep_alive)
             if not keep_alive:
                 transport.close()
-                break
+                return
             if not request._complete:
                 # Answered before its body arrived (an unknown model, a 413): read the
                 # rest and drop it, so the connection stays usable and the client, still
@@ -384,21 +398,14 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 request._chunks = []
                 if not await self._await_body(request):
                     transport.close()
-                    break
+                    return
             self._pending.popleft()
             self._recycle(request)
-            del request
             if not self._reading and len(self._pending) <= MAX_PIPELINED:
                 self._reading = True
                 transport.resume_reading()
             if self._writable is not None:
                 await self._writable
-        self._worker = None
-        if not self._pending and not transport.is_closing():
-            if self._server.draining:
-                transport.close()
-            else:
-                self._idle_since = self._loop.time()
 
     async def _await_body(self, request: Request) -> bool:
         request._waiter = self._loop.create_future()

@@ -244,12 +244,21 @@ def test_a_body_buffer_is_reused_only_once_no_one_holds_it(server: ServerThread)
     first, second, third = (bytes([n]) * BIG for n in (1, 2, 3))
     sock.sendall(post("/keep", first))
     assert reader.response()[0] == 200
+    assert spare(server) is None  # the handler holds it
     for body in (second, third):
         sock.sendall(post("/echo", body))
         status, _, raw = reader.response()
         assert (status, orjson.loads(raw)["sha"]) == (200, digest(body))
+        assert len(spare(server) or b"") == BIG  # free again: the next request gets it
     assert [bytes(b) for b in server.handlers.kept] == [first]
     sock.close()
+
+
+def spare(server: ServerThread) -> bytearray | None:
+    assert server.server is not None
+    time.sleep(0.05)  # the response is out before the buffer is recycled
+    (connection,) = server.server.connections
+    return connection._spare
 
 
 def test_chunked_bodies_are_dechunked(server: ServerThread):
