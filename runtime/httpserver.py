@@ -295,8 +295,12 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self._close_after = True
             if self._parsing is not None:
                 self._parsing._fail(InvalidInput("protocol upgrades are not supported"))
-        except httptools.HttpParserCallbackError:
-            self._refuse(HeadTooLarge(f"request head exceeds {MAX_HEAD_BYTES} bytes"))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__  # what one of our callbacks raised
+            if not isinstance(cause, KindlingError):
+                log.exception("HTTP parser callback failed", exc_info=cause)
+                cause = KindlingError(f"internal error: {type(cause).__name__}")
+            self._refuse(cause)
         except httptools.HttpParserError as exc:
             self._refuse(InvalidInput(f"malformed HTTP request: {exc}"))
 
@@ -329,8 +333,10 @@ class HttpProtocol(asyncio.BufferedProtocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        url = httptools.parse_url(self._url)
-        path = url.path.decode("latin-1")
+        try:
+            path = httptools.parse_url(self._url).path.decode("latin-1")
+        except httptools.HttpParserInvalidURLError:
+            raise InvalidInput(f"invalid request target {self._url[:200]!r}") from None
         if "%" in path:
             path = unquote(path)
         request = Request(
@@ -468,7 +474,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise HeadTooLarge("request head too large")
+            raise HeadTooLarge(f"request head exceeds {MAX_HEAD_BYTES} bytes")
 
     def _send_continue(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -331,8 +331,9 @@ def test_an_early_answer_drops_the_unread_body_and_keeps_the_connection(server: 
         (b"GARBAGE\r\n\r\n", 400),
         (b"POST /x HTTP/1.1\r\nContent-Length: nope\r\n\r\n", 400),
         (b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n", 431),
+        (b"GET http://a:99999/x HTTP/1.1\r\nHost: t\r\n\r\n", 400),
     ],
-    ids=["not HTTP", "bad content-length", "head too large"],
+    ids=["not HTTP", "bad content-length", "head too large", "bad target"],
 )
 def test_malformed_requests_get_a_clear_error_and_a_close(
     server: ServerThread, wire: bytes, status: int
