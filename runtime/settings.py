@@ -72,7 +72,7 @@ class ServerSettings:
     (Knative's default terminationGracePeriodSeconds is 300 s; 30 s suits models this size)."""
     inline_max_ms: float = 20.0
     """KINDLING_INLINE_MAX_MS: a request that finds its model idle runs on the event-loop
-    thread, sparing the hand-off to the inference thread and back (~0.3 ms of a 5 ms
+    thread, sparing the hand-off to the inference thread and back (~0.2 ms of a 5 ms
     MobileNetV2 request, README "Latency"), if the model's last lone request took at most
     this long; other connections wait that long to be read. 0: always hand off."""
     log_level: str = "info"
