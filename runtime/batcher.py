@@ -51,6 +51,7 @@ class AdaptiveBatcher:
         pad_values: dict[str, float | None],
         on_batch: Callable[[int, float], None] | None = None,
         inline_max_s: float = 0.0,
+        row_compute_s: float | None = None,
     ) -> None:
         self.predict = predict
         self.executor = executor
@@ -59,8 +60,8 @@ class AdaptiveBatcher:
         self.pad_values = pad_values
         self.on_batch = on_batch
         self.inline_max_s = inline_max_s
-        self._row_compute_s = float("inf")
-        """Compute time per row of the last lone request; unknown until one ran."""
+        self._row_compute_s = float("inf") if row_compute_s is None else row_compute_s
+        """Compute time per row of the last lone request (at first an estimate, if given)."""
         self.arriving = 0
         """Requests past routing but not yet queued; only then is waiting worth it."""
         self._queue: deque[Pending] = deque()

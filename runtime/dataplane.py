@@ -72,6 +72,7 @@ class DataPlane:
                 pad_values=model.pad_values,
                 on_batch=self._batch_observer(model.name),
                 inline_max_s=self.inline_max_s,
+                row_compute_s=model.warmup_s,
             )
         return batcher
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,8 @@ class Model:
         self._output_names = [t.name for t in config.outputs]
         self.max_rows = config.max_batch_size if config.batch_dynamic else 0
         """Rows one ORT run may take: the batcher never merges past this."""
+        self.warmup_s: float | None = None
+        """How long the one-row warm-up run took: a first, high estimate of a request's."""
 
     # -- loading (runs in the loader thread) -------------------------------------------
 
@@ -139,7 +142,9 @@ class Model:
         self._check_graph(list(graph_inputs))
         if self.config.warmup:
             # Straight into the graph: a warm-up must not depend on Redis being up.
+            started = time.perf_counter()
             self.session.run(self._output_names, self._warmup_feed(1))
+            self.warmup_s = time.perf_counter() - started
             timeline.mark("warmup", self.name)
 
     def _check_graph(self, graph_inputs: list[str]) -> None:

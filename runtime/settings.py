@@ -73,8 +73,9 @@ class ServerSettings:
     inline_max_ms: float = 20.0
     """KINDLING_INLINE_MAX_MS: a request that finds its model idle runs on the event-loop
     thread, sparing the hand-off to the inference thread and back (~0.2 ms of a 5 ms
-    MobileNetV2 request, README "Latency"), if the model's last lone request took at most
-    this long; other connections wait that long to be read. 0: always hand off."""
+    MobileNetV2 request, README "Latency"), if the model's last lone request (at first, its
+    warm-up run) took at most this long per row; other connections wait that long to be
+    read. 0: always hand off."""
     log_level: str = "info"
     """KINDLING_LOG_LEVEL: the runtime's log level; there are no access logs (hot path;
     /metrics counts requests). "warning" in OpenWhisk mode, where stdout and stderr are

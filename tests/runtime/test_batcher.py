@@ -66,7 +66,16 @@ async def until(condition) -> None:
     raise AssertionError("condition never held")
 
 
-def make(model, executor, max_rows=8, max_delay_s=30.0, pad=None, on_batch=None, inline_s=0.0):
+def make(
+    model,
+    executor,
+    max_rows=8,
+    max_delay_s=30.0,
+    pad=None,
+    on_batch=None,
+    inline_s=0.0,
+    estimate_s=None,
+):
     return AdaptiveBatcher(
         predict=model,
         executor=executor,
@@ -75,6 +84,7 @@ def make(model, executor, max_rows=8, max_delay_s=30.0, pad=None, on_batch=None,
         pad_values={"x": pad},
         on_batch=on_batch,
         inline_max_s=inline_s,
+        row_compute_s=estimate_s,
     )
 
 
@@ -436,6 +446,21 @@ def test_a_lone_request_of_a_quick_model_runs_on_the_loop_thread(executor):
         assert times.queue_s == 0.0 or i == 0
         assert times.batch_rows == 1
     assert observed == [1, 1, 1]
+
+
+def test_a_warm_up_estimate_lets_the_very_first_request_run_inline(executor):
+    """The model's warm-up time stands in for the first measurement: the cold request,
+    the one a scale-from-zero client waits on, skips the hand-off too."""
+    for estimate_s, first in ((0.001, threading.current_thread().name), (5.0, "test-infer_0")):
+        model = ThreadRecorder()
+        batcher = make(model, executor, inline_s=1.0, estimate_s=estimate_s)
+
+        async def go(batcher=batcher):
+            await batcher.infer({"x": rows(0, 1)}, 1)
+            await batcher.close()
+
+        run(go())
+        assert model.threads == [first]
 
 
 def test_inline_is_off_at_zero_and_for_slow_models(executor):
