@@ -70,9 +70,14 @@ class AdaptiveBatcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
 
-    async def infer(self, inputs: Tensors, rows: int) -> tuple[Tensors, BatchTimes]:
+    async def infer(
+        self, inputs: Tensors, rows: int, may_inline: bool = True
+    ) -> tuple[Tensors, BatchTimes]:
+        """The model's outputs for this caller's rows. `may_inline`: the caller's traffic is
+        sequential, so a lone request may run on the loop thread (`_infer_inline`)."""
         if (
-            not self._queue
+            may_inline
+            and not self._queue
             and not self._current
             and self.arriving <= 0
             and self._row_compute_s * rows <= self.inline_max_s

@@ -22,6 +22,10 @@ from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.model import Model, ModelState
 from kindling.runtime.telemetry import RuntimeMetrics
 
+# A lone request runs on the event-loop thread only once requests have stopped overlapping
+# for this long: under concurrent load the loop must keep reading the others' bodies.
+SEQUENTIAL_AFTER_S = 1.0
+
 # OIP extensions this server implements (GET /v2 lists them).
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "classification")
 
@@ -45,6 +49,8 @@ class DataPlane:
         self._served_one = False
         self._in_flight = 0
         self._last_finished = time.monotonic()
+        self._overlapped_at = float("-inf")
+        """When a request last arrived while another was in flight."""
         # One inference thread per model: onnxruntime already spreads a run over the
         # intra-op threads, so two runs at once would only fight over the same cores.
         self._executors = {name: ThreadPoolExecutor(1, f"infer-{name}") for name in models}
@@ -124,6 +130,8 @@ class DataPlane:
         started = time.perf_counter()
         status = "200"
         model = self.model(name, version)
+        if self._in_flight:
+            self._overlapped_at = time.monotonic()
         in_flight = self.metrics.in_flight
         in_flight.inc(name)
         self._in_flight += 1
@@ -137,7 +145,8 @@ class DataPlane:
                 inputs = await model.prepare(inputs)
             finally:
                 batcher.arriving -= 1
-            outputs, times = await batcher.infer(inputs, rows)
+            sequential = time.monotonic() - self._overlapped_at > SEQUENTIAL_AFTER_S
+            outputs, times = await batcher.infer(inputs, rows, may_inline=sequential)
             result = InferResult(model, self._select(model, outputs, request), request.id)
             latency = self.metrics.latency
             latency.observe(times.queue_s, name, "queue")
