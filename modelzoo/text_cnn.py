@@ -18,6 +18,9 @@ import numpy as np
 from kindling.modelzoo.build import SampleModel, make_config
 from kindling.modelzoo.graph import GraphBuilder
 
+# Bump on any change to these graphs or configs (kindling.modelzoo.build's cache key).
+BUILDER_VERSION = "2"
+
 # Kim 2014, section 3.1 (CNN-static on SST-1): word2vec 300-d vectors, filter windows
 # 3, 4, 5 with 100 feature maps each; SST-1 has 5 classes.
 KIM_DIM = 300
@@ -44,13 +47,48 @@ SM_SEED = 2015
 _GAIN = {"Relu": 2.0, "Tanh": 1.0}
 
 
+# Stands in for a window that sees no word, below any real pre-activation.
+_MASKED = -1e4
+
+
 def _wide_conv_max(
-    g: GraphBuilder, x: str, name: str, c_in: int, filters: int, width: int, act: str
+    g: GraphBuilder,
+    x: str,
+    name: str,
+    c_in: int,
+    filters: int,
+    width: int,
+    act: str,
+    masked: bool = False,
 ) -> str:
-    """Wide Conv1d over time then max-over-time pooling: [B, c_in, L] -> [B, filters]."""
-    # The conv's bias is zero, which keeps Kim CNN's output unchanged when the batcher
-    # zero-pads a sentence: an all-padding window yields relu(0) = 0, never above the max.
+    """Wide Conv1d over time then max-over-time pooling: [B, c_in, L] -> [B, filters].
+
+    The batcher zero-pads sentences to a batch's length, so padding must not change the
+    max. The conv's bias is zero, so an all-padding window yields 0 before the
+    activation: harmless under ReLU (relu(0) = 0, never above the max), but under tanh
+    a 0 can exceed a channel whose real windows are all negative. `masked` drops the
+    windows that see no word vector at all (all-zero input) from the max.
+    """
     y = g.conv(x, name, c_in, filters, (width,), pad=(width - 1,), gain=_GAIN[act])
+    if masked:
+        # Per position whether its vector is non-zero [B, 1, L]; a window of the wide
+        # conv sees a word if the max over it is positive [B, 1, L + width - 1].
+        present = g.op(
+            "ReduceMax",
+            [g.op("Abs", [x], name=f"{name}.abs")],
+            name=f"{name}.word",
+            axes=[1],
+            keepdims=1,
+        )
+        seen = g.op(
+            "MaxPool",
+            [present],
+            name=f"{name}.seen",
+            kernel_shape=[width],
+            pads=[width - 1, width - 1],
+        )
+        real = g.op("Greater", [seen, g.scalar(0.0)], name=f"{name}.real")
+        y = g.op("Where", [real, y, g.scalar(_MASKED)], name=f"{name}.masked")
     # ReLU and tanh are monotone, so max-then-activate equals the papers'
     # activate-then-max while applying the activation to [B, C] instead of [B, C, L].
     pooled = g.op("ReduceMax", [y], name=f"{name}.maxpool", axes=[2], keepdims=0)
@@ -130,7 +168,9 @@ def config_sm_cnn() -> dict[str, Any]:
             "[x_q; x_q^T M x_a; x_a] (201), hidden layer 201 tanh, softmax over 2 classes "
             "(irrelevant, relevant). Sequence length: any length >= 1 per input (wide "
             "convolution pads 4 zeros each side); question and answer may differ in "
-            "length. Weights are seeded random, not trained."
+            "length; windows that see no word (all-zero vectors) are left out of the max, "
+            "so zero-padding a sentence to a batch's length leaves its output unchanged. "
+            "Weights are seeded random, not trained."
         ),
     )
     config["preprocess"] = word_vectors("demo50", {"question": "question", "answer": "answer"})
@@ -142,8 +182,8 @@ def build_sm_cnn() -> SampleModel:
     q = _channels_first(g, g.input("question", ["batch", "question_length", SM_DIM]))
     a = _channels_first(g, g.input("answer", ["batch", "answer_length", SM_DIM]))
     # Separate filters per sentence, as Castor's conv_q / conv_a.
-    x_q = _wide_conv_max(g, q, "conv_q", SM_DIM, SM_FILTERS, SM_WIDTH, "Tanh")
-    x_a = _wide_conv_max(g, a, "conv_a", SM_DIM, SM_FILTERS, SM_WIDTH, "Tanh")
+    x_q = _wide_conv_max(g, q, "conv_q", SM_DIM, SM_FILTERS, SM_WIDTH, "Tanh", masked=True)
+    x_a = _wide_conv_max(g, a, "conv_a", SM_DIM, SM_FILTERS, SM_WIDTH, "Tanh", masked=True)
     # The paper's similarity x_sim = x_q^T M x_a, M in R^{100x100}; std
     # 1/100 keeps the bilinear sum of 10^4 terms near unit scale.
     m = g.weight("M", g.normal((SM_FILTERS, SM_FILTERS), 1.0 / SM_FILTERS))

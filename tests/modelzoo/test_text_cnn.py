@@ -144,6 +144,25 @@ def test_sm_batch_equals_single_runs(sm_run):
     np.testing.assert_allclose(batched, singles, rtol=1e-5, atol=1e-6)
 
 
+def test_sm_zero_padding_leaves_output_unchanged(sm_run):
+    """What the batcher does with pad_value 0.0, to either sentence. Under tanh an
+    all-padding window (pre-activation 0) would beat a channel whose real windows are all
+    negative; the graph leaves such windows out of the max."""
+    rng = np.random.RandomState(RNG_SEED)
+    for trial in range(50):
+        q_len, a_len = rng.randint(1, 12, 2)
+        q, a = _words(rng, 1, q_len, 50), _words(rng, 1, a_len, 50)
+        q_pad = np.concatenate([q, np.zeros((1, 7 + trial % 5, 50), np.float32)], axis=1)
+        a_pad = np.concatenate([a, np.zeros((1, 9, 50), np.float32)], axis=1)
+        np.testing.assert_allclose(sm_run(q_pad, a_pad), sm_run(q, a), rtol=1e-5, atol=1e-6)
+
+
+def test_sm_all_padding_sentence_is_finite(sm_run):
+    rng = np.random.RandomState(RNG_SEED)
+    empty = np.zeros((1, 5, 50), np.float32)
+    _assert_probabilities(sm_run(empty, _words(rng, 1, 6, 50)), 1, 2)
+
+
 def test_sm_parameter_count(sm):
     # Two width-5 convs of 100 maps over 50-d vectors, M (100x100), hidden 201 -> 201,
     # softmax layer 201 -> 2.

@@ -244,8 +244,9 @@ def _batch_counts(runtime: RuntimeProcess) -> tuple[float, float]:
 def test_variable_length_sentences_are_padded_without_changing_results(
     client, model_repository, model
 ):
-    # Both text CNNs use wide convolutions with zero biases, so zero-padding a sentence
-    # in a batch leaves its output unchanged: each caller must get its unpadded answer.
+    # Both text CNNs use wide convolutions with zero biases (and SM CNN leaves windows of
+    # padding out of its max), so zero-padding a sentence in a batch leaves its output
+    # unchanged: each caller must get its unpadded answer.
     config = config_of(model_repository, model)
     rng = np.random.default_rng(3)
     inputs = [sample_inputs(config, batch=1, rng=rng, length=n) for n in (1, 5, 8, 13, 70) * 4]
