@@ -128,18 +128,22 @@ class Model:
         if cache_path is not None and not self.optimized_cache_hit:
             self._pending_cache = (path, cache_path, threads, chosen)
         self.provider = self.session.get_providers()[0]
+        timeline.mark("session", self.name)
+        graph_inputs = {i.name: list(i.shape) for i in self.session.get_inputs()}
+        self.preprocessor = make_preprocessor(self.config, graph_inputs, embedding_store)
+        self._check_graph(list(graph_inputs))
         self.runner = self.session
-        if self.provider == "CUDAExecutionProvider" and self.max_rows > 1:
+        lengths = self.preprocessor.length_buckets if self.preprocessor is not None else []
+        if self.provider == "CUDAExecutionProvider" and (self.max_rows > 1 or lengths):
             session_path = cache_path if self.optimized_cache_hit else path
 
             def make_session() -> ort.InferenceSession:
                 return create_session(session_path, threads, chosen, None)[0]  # type: ignore[arg-type]
 
-            self.runner = BucketedSession(self.session, make_session, self.max_rows)
-        timeline.mark("session", self.name)
-        graph_inputs = {i.name: list(i.shape) for i in self.session.get_inputs()}
-        self.preprocessor = make_preprocessor(self.config, graph_inputs, embedding_store)
-        self._check_graph(list(graph_inputs))
+            pads = {n: v for n, v in self.pad_values.items() if v is not None}
+            self.runner = BucketedSession(
+                self.session, make_session, self.max_rows, lengths, pads, WARMUP_DYNAMIC_DIM
+            )
         if self.config.warmup:
             # Straight into the graph: a warm-up must not depend on Redis being up.
             started = time.perf_counter()
@@ -158,13 +162,15 @@ class Model:
                 f"config.yaml of {self.name!r} names tensors the ONNX graph lacks: {missing}"
             )
 
-    def _warmup_feed(self, rows: int) -> dict[str, np.ndarray]:
-        """Zeros for every graph input: `rows` rows, other dynamic dimensions 16."""
+    def _warmup_feed(self, rows: int, length: int = 0) -> dict[str, np.ndarray]:
+        """Zeros for every graph input: `rows` rows, other dynamic dimensions `length`
+        (0: WARMUP_DYNAMIC_DIM)."""
+        length = length or WARMUP_DYNAMIC_DIM
         assert self.session is not None
         feed = {}
         for node in self.session.get_inputs():
             shape = [
-                d if isinstance(d, int) and d > 0 else (rows if i == 0 else WARMUP_DYNAMIC_DIM)
+                d if isinstance(d, int) and d > 0 else (rows if i == 0 else length)
                 for i, d in enumerate(node.shape)
             ]
             feed[node.name] = np.zeros(shape, dtype=ORT_TYPES.get(node.type, np.float32))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from kindling.errors import InferenceError, InvalidInput
+from kindling.runtime.buckets import length_bucket_sizes
 from kindling.runtime.settings import ConfigError, ModelConfig
 from kindling.runtime.text import TOKENIZERS
 
@@ -29,6 +30,9 @@ Tensors = dict[str, np.ndarray]
 class Preprocessor(Protocol):
     pad_values: dict[str, float | None]
     """Per prepared input: the value the batcher pads dynamic dimensions with (None: never)."""
+    length_buckets: list[int]
+    """Sequence lengths the padded inputs are padded up to on CUDA (runtime/buckets.py),
+    so each session sees one shape; empty: none."""
 
     def validate(self, inputs: Tensors) -> Tensors: ...
 
@@ -67,6 +71,9 @@ class HFTokenizer:
         self.text_input = config.inputs[0].name
         self.onnx_inputs = onnx_inputs
         self.pad_values = {t.name: None for t in config.inputs}
+        # No buckets: BERT has no convolutions (no per-shape cuDNN state), and a session
+        # per (rows, length) would copy its 90 MB of weights each time.
+        self.length_buckets: list[int] = []
 
     def validate(self, inputs: Tensors) -> Tensors:
         return {k: decode_text(k, v) for k, v in inputs.items()}
@@ -122,6 +129,7 @@ class WordVectors:
             dims.pop() if len(dims) == 1 and isinstance(next(iter(dims), None), int) else None
         )
         self.pad_values: dict[str, float | None] = {o: 0.0 for o in self.inputs.values()}
+        self.length_buckets = length_bucket_sizes(self.min_length, self.max_length)
         self.store = store()
 
     def validate(self, inputs: Tensors) -> Tensors:
