@@ -6,6 +6,8 @@ Transports (OIP REST, OpenWhisk, the embeddings service) turn any `KindlingError
 
 from __future__ import annotations
 
+import math
+
 
 class KindlingError(Exception):
     """Base class: a failure with a message safe to show to the client."""
@@ -17,6 +19,12 @@ class KindlingError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """Response headers the error calls for (RFC 9110): Retry-After in whole seconds."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class InvalidInput(KindlingError):
@@ -41,6 +49,13 @@ class RouteNotFound(KindlingError):
 
 class MethodNotAllowed(KindlingError):
     status_code = 405
+
+    def __init__(self, message: str, allow: list[str]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Allow": ", ".join(self.allow)}  # RFC 9110 §15.5.6
 
 
 class PayloadTooLarge(KindlingError):

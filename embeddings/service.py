@@ -21,7 +21,6 @@ The binary form exists because JSON costs ~20 bytes and a float parse per number
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -70,10 +69,7 @@ def create_app(store: EmbeddingStore) -> FastAPI:
     @app.exception_handler(KindlingError)
     async def kindling_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, KindlingError)
-        headers = {}
-        if exc.retry_after is not None:
-            headers["Retry-After"] = str(math.ceil(exc.retry_after))  # RFC 9110: seconds
-        return JSONResponse({"error": exc.message}, exc.status_code, headers=headers)
+        return JSONResponse({"error": exc.message}, exc.status_code, headers=exc.headers())
 
     @app.middleware("http")
     async def count(request: Request, call_next: object) -> Response:

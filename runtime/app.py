@@ -34,9 +34,7 @@ COLD_START_HEADER = b"kindling-cold-start"
 
 
 def error_response(exc: KindlingError) -> Response:
-    headers = []
-    if exc.retry_after is not None:
-        headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]
     return Response(orjson.dumps({"error": exc.message}), exc.status_code, JSON, headers)
 
 
@@ -152,7 +150,8 @@ def create_app(settings: ServerSettings, plane: DataPlane) -> App:
         if handler is None and request.method == "HEAD":
             handler = handlers.get("GET")  # the server sends the head without the body
         if handler is None:
-            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+            allow = [*handlers, *(["HEAD"] if "GET" in handlers else [])]
+            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}", allow)
         return await handler(request)
 
     return App(handle, error_response, shutdown=plane.close)

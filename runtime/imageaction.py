@@ -83,10 +83,7 @@ def _web_result(status: int, body: bytes, headers: dict[str, str] | None = None)
 def _web_error(exc: KindlingError) -> Any:
     """The error's status for the web client, which the controller relays (the runtime
     itself answers 200; on Knative, openwhisk.http_response makes it the answer)."""
-    headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return _web_result(never_503(exc.status_code), error_body(exc), headers)
+    return _web_result(never_503(exc.status_code), error_body(exc), exc.headers())
 
 
 class ImageAction:
@@ -175,7 +172,8 @@ class ImageAction:
         if wanted is None:
             raise RouteNotFound(f"no route for {value.get('__ow_path')!r}")
         if method != wanted:
-            raise MethodNotAllowed(f"{method} is not allowed on {value.get('__ow_path') or '/'}")
+            path = value.get("__ow_path") or "/"
+            raise MethodNotAllowed(f"{method} is not allowed on {path}", [wanted])
         plane = self.plane()
         if target == "server":
             return _web_result(200, orjson.dumps(plane.server_metadata()))

@@ -29,6 +29,7 @@ import orjson
 
 from kindling.errors import InvalidInput, KindlingError, MethodNotAllowed, RouteNotFound
 from kindling.runtime import action
+from kindling.runtime.app import error_response
 from kindling.runtime.cpu import available_cpus
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.httpserver import JSON, App, Request, Response
@@ -303,7 +304,7 @@ def create_openwhisk_app(settings: ServerSettings, plane: DataPlane, loader: Mod
         if path not in routes:
             raise RouteNotFound(f"no route for {path}")
         if request.method != "POST":
-            raise MethodNotAllowed(f"{request.method} is not allowed on {path}")
+            raise MethodNotAllowed(f"{request.method} is not allowed on {path}", ["POST"])
         if path == "/run":
             try:
                 message = parse_json(await request.body())
@@ -329,7 +330,9 @@ def create_openwhisk_app(settings: ServerSettings, plane: DataPlane, loader: Mod
     routes = {"/init", "/run"} | ({"/"} if knative else set())
 
     def error(exc: KindlingError) -> Response:
-        return Response(error_body(exc), status_of(exc))
+        response = error_response(exc)
+        response.status = status_of(exc)
+        return response
 
     def bind_action_api() -> None:
         action.bind(lambda: proxy.plane, asyncio.get_running_loop(), proxy.embedding_store)

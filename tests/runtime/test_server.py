@@ -453,8 +453,9 @@ def test_bad_request_gets_clear_error(runtime, case):
 def test_unknown_route_and_method_are_json_errors(runtime):
     status, body = runtime.get("/v2/nothing")
     assert status == 404 and "error" in json.loads(body)
-    status, _, body = post(runtime, "/v2/health/live", b"")
+    status, headers, body = post(runtime, "/v2/health/live", b"")
     assert status == 405 and "error" in json.loads(body)
+    assert headers["allow"] == "GET, HEAD"  # RFC 9110: a 405 says what is allowed
 
 
 def test_server_survives_bad_requests(client, model_repository):
