@@ -10,6 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kindling.embeddings.loader import LoadReport, load_table
+from kindling.embeddings.settings import EmbeddingSettings
+from kindling.embeddings.store import open_backend
+
 WORDS = ["the", "cat", "sat", "on", "mat", "café", "naïve", "東京", "{tag}", "a{b}c", "<unk>"]
 
 
@@ -44,3 +48,14 @@ def write_text(path: Path, words: Sequence[str], vectors: np.ndarray, header: bo
         lines.append(f"{word} {' '.join(str(v) for v in row)}{tail}")
     path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+def load_file(
+    settings: EmbeddingSettings, table: str, path: Path, fmt: str = "word2vec-bin"
+) -> LoadReport:
+    """Load a vector file into the store `settings` names (live at once, no grace period)."""
+    backend = open_backend(settings)
+    try:
+        return load_table(backend, table, path, fmt, grace=0)
+    finally:
+        backend.close()

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kindling.embeddings.loader import load_table
 from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
+from tests.embeddings.helpers import load_file
 
 VOCAB, CACHE, S = 10_000, 1_000, 1.1
 
@@ -45,11 +44,7 @@ def test_zipf_hit_rate(tmp_path: Path):
     path = tmp_path / "v.vec"
     path.write_text(f"{VOCAB} 2\n" + "".join(f"{w} 0 {i}\n" for i, w in enumerate(words)))
     url = f"file://{tmp_path / 'store'}"
-    backend = open_backend(EmbeddingSettings(url=url))
-    try:
-        load_table(backend, "zipf", path, "fasttext-vec", grace=0)
-    finally:
-        backend.close()
+    load_file(EmbeddingSettings(url=url), "zipf", path, "fasttext-vec")
 
     rng = np.random.default_rng(7)
     requests = rng.choice(VOCAB, size=(3000, 20), p=p)

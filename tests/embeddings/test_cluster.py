@@ -10,13 +10,11 @@ import redis
 from redis.crc import key_slot
 
 from kindling.embeddings import keys
-from kindling.embeddings.loader import load_table
 from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
 from kindling.embeddings.store_redis import group_by_slot
 from tests.embeddings.conftest import Cluster
-from tests.embeddings.helpers import WORDS, make_vectors, write_gensim
+from tests.embeddings.helpers import WORDS, load_file, make_vectors, write_gensim
 
 pytestmark = pytest.mark.integration
 
@@ -35,11 +33,7 @@ def test_cluster_load_and_lookup(redis_cluster: Cluster, table: str, tmp_path: P
     vectors = make_vectors(VOCAB, 8)
     path = write_gensim(tmp_path / "v.bin", VOCAB, vectors, binary=True)
     settings = EmbeddingSettings(url=redis_cluster.url, alias_ttl=60)
-    backend = open_backend(settings)
-    try:
-        report = load_table(backend, table, path, "word2vec-bin", grace=0)
-    finally:
-        backend.close()
+    report = load_file(settings, table, path)
     assert report.count == len(VOCAB)
 
     # No hash tag pins the table to one slot: every node holds a share of it.

@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kindling.embeddings.loader import load_table
 from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.oov import RANDOM_SCALE, random_vector
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
 from kindling.embeddings.tables import TableNotFound
 from kindling.errors import InvalidInput
-from tests.embeddings.helpers import WORDS, make_vectors, write_gensim
+from tests.embeddings.helpers import WORDS, load_file, make_vectors, write_gensim
 
 DIM = 4
 VECTORS = make_vectors(WORDS, DIM)
@@ -26,12 +24,8 @@ VECTORS = make_vectors(WORDS, DIM)
 @pytest.fixture
 def file_url(tmp_path: Path) -> str:
     url = f"file://{tmp_path / 'store'}"
-    backend = open_backend(EmbeddingSettings(url=url))
-    try:
-        path = write_gensim(tmp_path / "v.bin", WORDS, VECTORS, binary=True)
-        load_table(backend, "words", path, "word2vec-bin", grace=0)
-    finally:
-        backend.close()
+    path = write_gensim(tmp_path / "v.bin", WORDS, VECTORS, binary=True)
+    load_file(EmbeddingSettings(url=url), "words", path)
     return url
 
 

@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from kindling.embeddings.loader import load_table
 from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.redis_server import free_port
 from kindling.embeddings.service import create_app
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
-from tests.embeddings.helpers import WORDS, make_vectors, write_gensim
+from tests.embeddings.helpers import WORDS, load_file, make_vectors, write_gensim
 
 VECTORS = make_vectors(WORDS, 5)
 
@@ -27,12 +25,8 @@ VECTORS = make_vectors(WORDS, 5)
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "store"
-    backend = open_backend(EmbeddingSettings(url=f"file://{directory}"))
-    try:
-        path = write_gensim(tmp_path / "v.bin", WORDS, VECTORS, binary=True)
-        load_table(backend, "words", path, "word2vec-bin", grace=0)
-    finally:
-        backend.close()
+    path = write_gensim(tmp_path / "v.bin", WORDS, VECTORS, binary=True)
+    load_file(EmbeddingSettings(url=f"file://{directory}"), "words", path)
     return directory
 
 
