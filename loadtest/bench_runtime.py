@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -107,14 +108,6 @@ def served_throughput(
     return closed_loop(port, [request], concurrency, seconds)[1]
 
 
-def served_call(conn: BlockingConnection, request: bytes) -> Callable[[], None]:
-    def call() -> None:
-        if (status := conn.exchange(request)) != 200:
-            raise RuntimeError(f"HTTP {status}")
-
-    return call
-
-
 def wait_echo(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,7 +161,7 @@ def small_payload_latency(repository: Path, threads: int, rounds: int) -> dict[s
         request = raw_request("/v2/models/minilm/infer", body)
         samplers = {
             "raw": raw_text_call(repository / "minilm", threads),
-            "served": served_call(conn, request),
+            "served": partial(conn.ok, request),
         }
         result = flat(interleaved(samplers, rounds))
         conn.close()
@@ -285,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             latency_rounds = interleaved(
                 {
                     "raw": lambda: run(None, feed),
-                    "served": served_call(conn, request),
-                    "floor": served_call(echo_conn, raw_request("/", body, headers)),
+                    "served": partial(conn.ok, request),
+                    "floor": partial(echo_conn.ok, raw_request("/", body, headers)),
                 },
                 args.rounds,
             )

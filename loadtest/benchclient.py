@@ -76,15 +76,14 @@ def start_echo(port: int) -> subprocess.Popen[bytes]:
 
 def serve_echo(port: int) -> None:
     from kindling.runtime.httpserver import App, Request, Response
-    from kindling.runtime.server import loop_factory, run_server
+    from kindling.runtime.server import run_app
 
     async def handle(request: Request) -> Response:
         await request.body()
         return Response(ECHO_BODY, content_type=b"application/octet-stream")
 
     app = App(handle, error=lambda exc: Response(exc.message.encode(), exc.status_code))
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(run_server(app, "127.0.0.1", port, 1 << 30, 5.0, 1.0))
+    run_app(app, "127.0.0.1", port, 1 << 30, 5.0, 1.0)
 
 
 def get(port: int, path: str) -> str:
@@ -181,6 +180,11 @@ class BlockingConnection:
             reader.read(length)
         return status
 
+    def ok(self, request: bytes) -> None:
+        """`exchange`, failing the benchmark on any answer but 200."""
+        if (status := self.exchange(request)) != 200:
+            raise RuntimeError(f"HTTP {status}")
+
     def close(self) -> None:
         self.reader.close()
         self.sock.close()
@@ -193,8 +197,7 @@ def latencies(port: int, request: bytes, count: int, warmup: int = 10) -> list[f
         times: list[float] = []
         for i in range(count + warmup):
             started = time.perf_counter()
-            if (status := conn.exchange(request)) != 200:
-                raise RuntimeError(f"HTTP {status}")
+            conn.ok(request)
             if i >= warmup:
                 times.append(time.perf_counter() - started)
         return times

@@ -33,9 +33,13 @@ from kindling.runtime.settings import ServerSettings
 COLD_START_HEADER = b"kindling-cold-start"
 
 
+def error_body(exc: KindlingError) -> bytes:
+    return orjson.dumps({"error": exc.message})
+
+
 def error_response(exc: KindlingError) -> Response:
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]
-    return Response(orjson.dumps({"error": exc.message}), exc.status_code, JSON, headers)
+    return Response(error_body(exc), exc.status_code, JSON, headers)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -25,25 +25,17 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
-def bucket_sizes(max_rows: int) -> list[int]:
-    sizes = []
+def bucket_sizes(largest: int, smallest: int = 1) -> list[int]:
+    """Powers of two from the first >= `smallest`, capped by `largest`: batch sizes up to
+    max_batch_size, or sequence lengths from min_length to max_length."""
     size = 1
-    while size < max_rows:
-        sizes.append(size)
-        size *= 2
-    return [*sizes, max_rows]
-
-
-def length_bucket_sizes(min_length: int, max_length: int) -> list[int]:
-    """Powers of two from the first >= min_length, capped by max_length."""
-    size = 1
-    while size < min_length:
+    while size < smallest:
         size *= 2
     sizes = []
-    while size < max_length:
+    while size < largest:
         sizes.append(size)
         size *= 2
-    return [*sizes, max_length]
+    return [*sizes, largest]
 
 
 def bucket(sizes: list[int], n: int) -> int:

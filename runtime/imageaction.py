@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from kindling.errors import InvalidInput, KindlingError, MethodNotAllowed, RouteNotFound
+from kindling.runtime.app import error_body
 from kindling.runtime.codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -37,10 +38,6 @@ def never_503(status: int) -> int:
     (DependencyUnavailable) report 502, as an action that cannot start or run does; the
     Retry-After they carry still says "retry"."""
     return 502 if status == 503 else status
-
-
-def error_body(exc: KindlingError) -> bytes:
-    return orjson.dumps({"error": exc.message})
 
 
 def text_media(content_type: str) -> bool:

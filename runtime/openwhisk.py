@@ -29,11 +29,11 @@ import orjson
 
 from kindling.errors import InvalidInput, KindlingError, MethodNotAllowed, RouteNotFound
 from kindling.runtime import action
-from kindling.runtime.app import error_response
+from kindling.runtime.app import error_body, error_response
 from kindling.runtime.cpu import available_cpus
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.httpserver import JSON, App, Request, Response
-from kindling.runtime.imageaction import ImageAction, error_body, never_503, text_media
+from kindling.runtime.imageaction import ImageAction, never_503, text_media
 from kindling.runtime.settings import ServerSettings
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from kindling.errors import InferenceError, InvalidInput
-from kindling.runtime.buckets import length_bucket_sizes
+from kindling.runtime.buckets import bucket_sizes
 from kindling.runtime.settings import ConfigError, ModelConfig
 from kindling.runtime.text import TOKENIZERS
 
@@ -129,7 +129,7 @@ class WordVectors:
             dims.pop() if len(dims) == 1 and isinstance(next(iter(dims), None), int) else None
         )
         self.pad_values: dict[str, float | None] = {o: 0.0 for o in self.inputs.values()}
-        self.length_buckets = length_bucket_sizes(self.min_length, self.max_length)
+        self.length_buckets = bucket_sizes(self.max_length, self.min_length)
         self.store = store()
 
     def validate(self, inputs: Tensors) -> Tensors:

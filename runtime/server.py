@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.httpserver import App, HttpServer
@@ -61,37 +62,43 @@ async def background_work(
         await asyncio.to_thread(model.warm_buckets)
 
 
-async def run_server(
+def run_app(
     app: App,
     host: str,
     port: int,
     max_body: int,
     keep_alive_s: float,
     graceful_timeout_s: float,
-    after_listen: Callable[[], object] | None = None,
+    after_listen: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> int:
-    """Serve `app` until SIGTERM or SIGINT, then drain; 1 if the port can't be bound."""
-    loop = asyncio.get_running_loop()
-    server = HttpServer(app, loop, max_body, keep_alive_s)
-    app.startup()
-    try:
-        await server.listen(host, port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", host, port, exc)
-        return 1
-    log.info("serving on http://%s:%d", host, port)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    task = loop.create_task(after_listen()) if after_listen is not None else None  # type: ignore[arg-type]
-    await stop.wait()
-    log.info("draining: %d connections open", len(server.connections))
-    if task is not None:
-        task.cancel()
-    await server.drain(graceful_timeout_s)
-    if app.shutdown is not None:
-        await app.shutdown()
-    return 0
+    """Serve `app` on uvloop until SIGTERM or SIGINT, then drain; 1 if the port can't be
+    bound. `after_listen` starts once the socket is bound, and is cancelled on stop."""
+
+    async def serve_until_stopped() -> int:
+        loop = asyncio.get_running_loop()
+        server = HttpServer(app, loop, max_body, keep_alive_s)
+        app.startup()
+        try:
+            await server.listen(host, port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", host, port, exc)
+            return 1
+        log.info("serving on http://%s:%d", host, port)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        task = loop.create_task(after_listen()) if after_listen is not None else None
+        await stop.wait()
+        log.info("draining: %d connections open", len(server.connections))
+        if task is not None:
+            task.cancel()
+        await server.drain(graceful_timeout_s)
+        if app.shutdown is not None:
+            await app.shutdown()
+        return 0
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(serve_until_stopped())
 
 
 def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics) -> int:
@@ -107,22 +114,19 @@ def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics
     metrics.timeline.mark("imports")
     configure_logging(settings.log_level)
 
-    def after_listen() -> object:
+    def after_listen() -> Coroutine[Any, Any, None]:
         # Under OpenWhisk stdout and stderr are the activations' logs, framed per
         # activation; a line before the first would land in its logs.
         return background_work(
             plane, loader, settings.optimized_cache_delay_s, not settings.openwhisk
         )
 
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(
-            run_server(
-                app,
-                settings.host,
-                settings.port,
-                settings.max_body_bytes,
-                OPENWHISK_KEEP_ALIVE_S if settings.openwhisk else KEEP_ALIVE_S,
-                settings.graceful_timeout_s,
-                after_listen,
-            )
-        )
+    return run_app(
+        app,
+        settings.host,
+        settings.port,
+        settings.max_body_bytes,
+        OPENWHISK_KEEP_ALIVE_S if settings.openwhisk else KEEP_ALIVE_S,
+        settings.graceful_timeout_s,
+        after_listen,
+    )

@@ -7,7 +7,6 @@ import pytest
 from kindling.runtime.buckets import (
     BucketedSession,
     bucket_sizes,
-    length_bucket_sizes,
     pad_rows,
     pad_to,
 )
@@ -77,9 +76,9 @@ class SequenceSession:
 
 
 def test_length_buckets_are_powers_of_two_from_min_to_max():
-    assert length_bucket_sizes(5, 64) == [8, 16, 32, 64]
-    assert length_bucket_sizes(1, 100) == [1, 2, 4, 8, 16, 32, 64, 100]
-    assert length_bucket_sizes(8, 8) == [8]
+    assert bucket_sizes(64, 5) == [8, 16, 32, 64]
+    assert bucket_sizes(100, 1) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert bucket_sizes(8, 8) == [8]
 
 
 def test_sequence_inputs_are_padded_to_a_length_bucket_per_session():
@@ -173,7 +172,7 @@ def test_the_text_cnns_answer_the_same_through_row_and_length_buckets(
         make(),
         make,
         max_rows=32,
-        lengths=length_bucket_sizes(5, 64),
+        lengths=bucket_sizes(64, 5),
         pad_values=dict.fromkeys(inputs, 0.0),
         first_length=16,
     )
