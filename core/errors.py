@@ -68,8 +68,39 @@ class HeadTooLarge(KindlingError):
     status_code = 431
 
 
+class RequestTimeout(KindlingError):
+    """The client took too long to send a request's head or body; answered, then the
+    connection closes (RFC 9110 §15.5.9)."""
+
+    status_code = 408
+
+
+class UnsupportedTransferCoding(KindlingError):
+    """A Transfer-Encoding other than chunked (RFC 9112 §6.1: a server that does not
+    understand a transfer coding responds 501)."""
+
+    status_code = 501
+
+
+class ServerBusy(KindlingError):
+    """The server holds as much for clients as it allows (memory for request bodies); the
+    client may retry shortly."""
+
+    status_code = 503
+    retry_after = 1.0
+
+
 class UnsupportedMediaType(KindlingError):
     status_code = 415
+
+
+class InvalidActionResult(KindlingError):
+    """An OpenWhisk web action's result that cannot be the HTTP response it asks for (a
+    bad statusCode, a header that is not a valid field, a body that is not base64): the
+    action's fault, answered as a gateway answers an invalid response from upstream
+    (RFC 9110 §15.6.3), never sent on half-checked."""
+
+    status_code = 502
 
 
 class ModelNotReady(KindlingError):
@@ -84,6 +115,25 @@ class DependencyUnavailable(KindlingError):
 
     status_code = 503
     retry_after = 1.0
+
+
+class EmbeddingTableMissing(KindlingError):
+    """A text model's embedding table is not in the store (never loaded, or a Redis without
+    persistence restarted empty): the model is healthy but cannot serve until someone loads
+    the table, so 503, not the store's own 404 for an unknown table."""
+
+    status_code = 503
+    # A load takes seconds at the least (embeddings/bench_loader.py): retrying sooner
+    # only adds failures.
+    retry_after = 5.0
+
+    def __init__(self, model: str, table: str) -> None:
+        super().__init__(
+            f"model {model!r} cannot serve: embedding table {table!r} is missing from the "
+            "embedding store (a Redis without persistence restarted empty?); load it with "
+            f"`kindling embeddings load --table {table} --format FORMAT FILE --redis URL`"
+        )
+        self.table = table
 
 
 class ModelLoadError(KindlingError):

@@ -117,6 +117,15 @@ class EmbeddingStore:
     def tables(self) -> list[str]:
         return self._guarded(self.backend.tables)
 
+    def check_table(self, table: str) -> None:
+        """Raise TableNotFound unless the table has a live version, DependencyUnavailable
+        when the store cannot tell (Redis down). Trusts an alias read less than alias_ttl
+        ago, as a lookup does: a readiness probe under traffic costs Redis nothing."""
+        check_table_name(table)
+        _, stale = self._resolve(table, refresh=False)
+        if stale:
+            raise DependencyUnavailable("embedding store unavailable; retry")
+
     # -- lookup ----------------------------------------------------------------------
 
     def lookup(self, table: str, words: Sequence[str]) -> LookupResult:

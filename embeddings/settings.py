@@ -126,6 +126,11 @@ class EmbeddingSettings:
     # many keys; 0 sends one MGET. 100 with cache_size 0 reproduces paper 000's design
     # (DynamoDB BatchGetItem takes 100 keys) as the benchmarks' baseline.
     round_trip_keys: int = 0
+    # KINDLING_MAX_BODY_BYTES: the HTTP service refuses larger request bodies with 413,
+    # by Content-Length before reading any of it, or once a chunked body passes it. The
+    # runtime's variable and default (runtime/settings.py): one limit for Kindling's
+    # servers. A lookup of max_words words needs far less.
+    max_body_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EmbeddingSettings:
@@ -151,6 +156,7 @@ class EmbeddingSettings:
             round_trip_keys=_int(
                 env, "KINDLING_EMBEDDINGS_ROUND_TRIP_KEYS", defaults.round_trip_keys
             ),
+            max_body_bytes=_int(env, "KINDLING_MAX_BODY_BYTES", defaults.max_body_bytes),
         )
         settings.location  # noqa: B018 - reject a bad URL now, not on the first request
         return settings

@@ -162,7 +162,9 @@ class Run:
             delay = self.origin + arrival.offset_s - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)
-            if len(self.pending) >= limit:
+            # The group, not `pending`: a greenlet spawned for an overdue arrival has not
+            # started yet (no yield between overdue arrivals), so it is not pending yet.
+            if len(self.group) >= limit:
                 self.drop(index, arrival.stage, arrival.offset_s)
                 continue
             self.group.spawn(

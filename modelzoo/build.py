@@ -21,7 +21,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import onnx
 import yaml
 
 # Bump on any change to a graph, weights or config written by this package's builders.
-BUILDER_VERSION = "kindling-modelzoo-1"
+BUILDER_VERSION = "kindling-modelzoo-2"
 STAMP = ".build-stamp"
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.yaml"
@@ -66,6 +66,33 @@ REGISTRY: dict[str, Entry] = {
         Entry("minilm", "kindling.modelzoo.minilm", "all-MiniLM-L6-v2 sentence embeddings"),
     )
 }
+
+
+# The memory each model needs at its max_batch_size, written to its config.yaml as
+# `resources.memory` (Kubernetes quantity): the peak RSS of a `kindling serve` process
+# serving it alone, after saving its optimized graph and then worst-case batches (max rows,
+# longest text), plus 10 %, rounded up to 32 MiB. Measured with onnxruntime 1.32 on
+# x86-64, 2 intra-op threads, by `python -m kindling.loadtest.bench_memory`: rerun it
+# when a model, its max_batch_size or onnxruntime changes (README, "Memory").
+MEMORY_REQUESTS: dict[str, str] = {
+    "kim_cnn": "160Mi",  # peak 124 MiB: 32 x 64 words, vector cache full
+    "sm_cnn": "128Mi",  # peak 106 MiB
+    "mobilenet_v2": "608Mi",  # peak 530 MiB: 32 images
+    "squeezenet1_1": "448Mi",  # peak 387 MiB
+    "resnet18": "640Mi",  # peak 553 MiB
+    "minilm": "448Mi",  # peak 403 MiB saving its optimized graph; 348 MiB for 32 x 256
+}
+
+
+def with_resources(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with the model's `resources`, ahead of its description."""
+    if name not in MEMORY_REQUESTS:
+        return config
+    fields = {k: v for k, v in config.items() if k != "description"}
+    fields["resources"] = {"memory": MEMORY_REQUESTS[name]}
+    if "description" in config:
+        fields["description"] = config["description"]
+    return fields
 
 
 class ModelUnavailable(Exception):
@@ -130,6 +157,7 @@ def availability() -> dict[str, str | None]:
 
 def build(name: str) -> SampleModel:
     sample = builder(name)()
+    sample = replace(sample, config=with_resources(name, sample.config))
     validate(sample)
     return sample
 
@@ -223,7 +251,7 @@ def identity(name: str, config: dict[str, Any]) -> dict[str, str]:
 
 def cheap_config(name: str) -> dict[str, Any] | None:
     fn = getattr(_module(name), f"config_{name}", None)
-    return None if fn is None else fn()
+    return None if fn is None else with_resources(name, fn())
 
 
 def read_stamp(folder: Path) -> dict[str, Any] | None:

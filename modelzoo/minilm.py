@@ -376,6 +376,11 @@ def config_minilm() -> dict[str, Any]:
             "kind": "hf_tokenizer",
             "tokenizer": "tokenizer.json",
             "max_length": max_length,
+            # Rows x padded length per onnxruntime run: a 32 x 256 batch runs as four of
+            # 8 rows. In one run it takes the serving process to ~720 MB of RSS, in
+            # slices to ~350 MB, at the same speed (python -m
+            # kindling.loadtest.bench_memory --compare-cap).
+            "max_batch_tokens": 2048,
         },
         "description": (
             f"{HF_MODEL_ID} (Apache-2.0; model card: https://huggingface.co/{HF_MODEL_ID}): "

@@ -196,7 +196,15 @@ class InitSpec:
             raise InvalidInput(f"/init's 'main' must name a Python function, got {main!r}")
         if not isinstance(env or {}, dict):
             raise InvalidInput("/init's 'env' must be an object")
-        return cls(main, code, bool(value.get("binary")), str(value.get("name") or ""), env or {})
+        # Typed as the Go action proxy's initBodyRequest (Binary bool, Name string; null
+        # leaves the zero value): "no" is not guessed true.
+        binary, name = value.get("binary"), value.get("name")
+        binary, name = False if binary is None else binary, "" if name is None else name
+        if not isinstance(binary, bool):
+            raise InvalidInput("/init's 'binary' must be true or false")
+        if not isinstance(name, str):
+            raise InvalidInput("/init's 'name' must be a string")
+        return cls(main, code, binary, name, env or {})
 
 
 def env_text(value: Any) -> str:

@@ -16,9 +16,9 @@ from kindling.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kindling.runtime.codec import (
     HEADER_LENGTH,
     InferRequest,
-    decode_request,
-    decompress,
+    decode_body,
     encode_response,
+    precheck,
 )
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.httpserver import (
@@ -47,6 +47,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def create_app(settings: ServerSettings, plane: DataPlane) -> App:
     limit = settings.max_body_bytes
+    json_limit = settings.max_json_bytes
 
     async def server_metadata(_: Request) -> Response:
         return json_response(plane.server_metadata())
@@ -55,8 +56,10 @@ def create_app(settings: ServerSettings, plane: DataPlane) -> App:
         return json_response({"live": True})
 
     async def ready(_: Request) -> Response:
-        is_ready = plane.ready
-        return json_response({"ready": is_ready}, 200 if is_ready else 503)
+        reasons = await plane.unready()
+        if not reasons:
+            return json_response({"ready": True})
+        return json_response({"ready": False, "error": "; ".join(reasons.values())}, 503)
 
     async def model_metadata(request: Request) -> Response:
         p = request.params
@@ -65,12 +68,10 @@ def create_app(settings: ServerSettings, plane: DataPlane) -> App:
     async def model_ready(request: Request) -> Response:
         p = request.params
         model = plane.model(p["name"], p.get("version"))
-        try:
-            plane.ready_model(p["name"], p.get("version"))
-            is_ready = True
-        except KindlingError:
-            is_ready = False
-        return json_response({"name": model.name, "ready": is_ready}, 200 if is_ready else 503)
+        reason = await plane.readiness(model)
+        if reason is None:
+            return json_response({"name": model.name, "ready": True})
+        return json_response({"name": model.name, "ready": False, "error": reason}, 503)
 
     async def model_config(request: Request) -> Response:
         p = request.params
@@ -89,9 +90,15 @@ def create_app(settings: ServerSettings, plane: DataPlane) -> App:
 
     async def infer(request: Request) -> Response:
         async def read() -> InferRequest:
-            body = await request.body()
-            body = decompress(body, request.headers.get("content-encoding"), limit)
-            return decode_request(body, request.headers.get(HEADER_LENGTH))
+            headers = request.headers
+            precheck(headers, json_limit)  # refused before the body is even read
+            return await decode_body(
+                await request.body(),
+                headers.get("content-encoding"),
+                headers.get(HEADER_LENGTH),
+                limit,
+                json_limit,
+            )
 
         p = request.params
         try:

@@ -3,7 +3,9 @@
 After MLServer's adaptive batcher (a queue plus one future per request; the batch closes
 on size or delay; a model failure reaches every waiting future) with one change: the
 batch waits for more requests only while some are known to be arriving (their bodies are
-being read). A lone request never waits, so batching costs nothing at concurrency 1.
+being read). A lone request never waits, so batching costs nothing at concurrency 1, and
+a request that a later one overtook is no longer waited for: an upload that stopped
+(a client that stalled) must not hold every batch for max_queue_delay.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ class AdaptiveBatcher:
         """Compute time per row of the last lone request (at first an estimate, if given)."""
         self.arriving = 0
         """Requests past routing but not yet queued; only then is waiting worth it."""
+        self.overtaken = 0
+        """Requests not yet queued that are no longer counted in `arriving` (see arrived)."""
+        self._arrivals: dict[int, None] = {}
+        """Tickets of the requests counted in `arriving`, oldest first."""
+        self._tickets = 0
         self._queue: deque[Pending] = deque()
         self._current: list[Pending] = []
         """The batch being collected or run: close() must fail these callers too."""
@@ -92,6 +99,36 @@ class AdaptiveBatcher:
         assert self._wakeup is not None
         self._wakeup.set()
         return await pending.future  # type: ignore[return-value]
+
+    def arrive(self) -> int:
+        """A request is past routing and its body is being read: count it in `arriving`
+        until `arrived` with the ticket returned."""
+        self._tickets += 1
+        self._arrivals[self._tickets] = None
+        self.arriving += 1
+        return self._tickets
+
+    def arrived(self, ticket: int) -> None:
+        """The request's body is in and decoded (or failed). Those that began before it and
+        are still being read stop counting: overtaken, they are slow or stalled, and waiting
+        for them would hold each batch, and keep lone requests off the loop thread, until
+        their client gave up or the server's body timeout ended them. Ordered by event, not
+        by a clock: a stalled upload costs at most the requests it began alongside."""
+        arrivals = self._arrivals
+        if ticket in arrivals:
+            del arrivals[ticket]
+            self.arriving -= 1
+        else:
+            self.overtaken -= 1
+        while arrivals:
+            oldest = next(iter(arrivals))
+            if oldest > ticket:
+                break
+            del arrivals[oldest]
+            self.arriving -= 1
+            self.overtaken += 1
+        if self._current and self._wakeup is not None:
+            self._wakeup.set()  # a batch waiting for arrivals looks again
 
     def _infer_inline(self, inputs: Tensors, rows: int) -> tuple[Tensors, BatchTimes]:
         """Run a lone request on the calling (event-loop) thread: nothing waits to merge
@@ -131,7 +168,7 @@ class AdaptiveBatcher:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            while not self._queue:  # `arrived` may wake it with nothing queued
                 self._wakeup.clear()
                 await self._wakeup.wait()
             batch = self._current = [self._queue.popleft()]

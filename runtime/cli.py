@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -49,7 +50,26 @@ def _has_models(root: Path) -> bool:
     )
 
 
+def _stop_during_start_up(signum: int, _frame: object) -> None:
+    """SIGTERM or SIGINT before the event loop takes them over (run_app): nothing is
+    served yet, so there is nothing to drain; the loader and fetch threads are daemons.
+    Exit 0, as the drain after a SIGTERM does: Knative stops a pod that is still starting
+    (scale-down, a rollout) the same way as one serving, and neither is an error; 143
+    would show the pod as failed."""
+    print(
+        f"kindling serve: {signal.Signals(signum).name} during start-up: exiting",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(0)
+
+
 def main(argv: list[str]) -> int:
+    # Before anything slow starts (the imports below, the loader thread and its
+    # downloads): Python's default would kill the process on SIGTERM with no message,
+    # or raise KeyboardInterrupt on SIGINT in whatever the main thread was doing.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_during_start_up)
     from kindling.runtime.cpu import available_cpus
     from kindling.runtime.loader import ModelLoader
     from kindling.runtime.repository import read_repository
@@ -74,6 +94,8 @@ def main(argv: list[str]) -> int:
             settings = replace(settings, model_repository=settings.model_repository.absolute())
             if settings.cache_dir is not None:
                 settings = replace(settings, cache_dir=settings.cache_dir.absolute())
+            if settings.model_uri_root is not None:
+                settings = replace(settings, model_uri_root=settings.model_uri_root.absolute())
         if (
             settings.openwhisk
             and not settings.models

@@ -84,9 +84,28 @@ class DataPlane:
 
     # -- health and metadata ----------------------------------------------------------
 
-    @property
-    def ready(self) -> bool:
-        return all(m.state is ModelState.READY for m in self.models.values())
+    async def readiness(self, model: Model) -> str | None:
+        """Why `model` cannot serve now, or None: loading, failed, or (a text model) its
+        embedding table missing from the store. For the readiness routes only: the
+        request path never waits on it, and finds a missing table by its own lookup."""
+        if model.state is not ModelState.READY:
+            return self._not_loaded(model)
+        return await model.preprocessor.readiness() if model.preprocessor is not None else None
+
+    async def unready(self) -> dict[str, str]:
+        """Each model that cannot serve now, with why; empty when the server is ready."""
+        reasons: dict[str, str] = {}
+        for name, model in list(self.models.items()):
+            reason = await self.readiness(model)
+            if reason is not None:
+                reasons[name] = reason
+        return reasons
+
+    @staticmethod
+    def _not_loaded(model: Model) -> str:
+        if model.state is ModelState.FAILED:
+            return f"model {model.name!r} failed to load: {model.error}"
+        return f"model {model.name!r} is still loading"
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "kindling", "version": __version__, "extensions": list(EXTENSIONS)}
@@ -101,9 +120,7 @@ class DataPlane:
         model = self.model(name, version)
         if model.state is ModelState.READY:
             return model
-        if model.state is ModelState.FAILED:
-            raise ModelNotReady(f"model {name!r} failed to load: {model.error}")
-        raise ModelNotReady(f"model {name!r} is still loading")
+        raise ModelNotReady(self._not_loaded(model))
 
     def idle_for(self) -> float:
         """Seconds since the last inference finished; 0 while any is in flight."""
@@ -130,7 +147,9 @@ class DataPlane:
         started = time.perf_counter()
         status = "200"
         model = self.model(name, version)
-        if self._in_flight:
+        if self._in_flight and self._in_flight > self._overtaken():
+            # Requests whose uploads others overtook (stalled or slow: see
+            # AdaptiveBatcher.arrived) are no concurrent load the loop must keep up with.
             self._overlapped_at = time.monotonic()
         in_flight = self.metrics.in_flight
         in_flight.inc(name)
@@ -138,13 +157,13 @@ class DataPlane:
         try:
             model = self.ready_model(name, version)
             batcher = self._batcher(model)
-            batcher.arriving += 1
+            ticket = batcher.arrive()
             try:
                 request = await read_request()
                 inputs, rows = model.validate(request.inputs)
                 inputs = await model.prepare(inputs)
             finally:
-                batcher.arriving -= 1
+                batcher.arrived(ticket)
             sequential = time.monotonic() - self._overlapped_at > SEQUENTIAL_AFTER_S
             outputs, times = await batcher.infer(inputs, rows, may_inline=sequential)
             result = InferResult(model, self._select(model, outputs, request), request.id)
@@ -164,6 +183,9 @@ class DataPlane:
             self._last_finished = time.monotonic()
             self.metrics.requests.inc(name, status)
             self.metrics.latency.observe(time.perf_counter() - started, name, "total")
+
+    def _overtaken(self) -> int:
+        return sum(batcher.overtaken for batcher in self._batchers.values())
 
     def _select(
         self, model: Model, outputs: dict[str, np.ndarray], request: InferRequest

@@ -14,12 +14,19 @@ order, Content-Length and chunked bodies (httptools de-chunks), `Expect: 100-con
 a body limit enforced while reading (413), the unread rest of a body answered early
 read and dropped, HEAD, a Date header, and a drain on SIGTERM: stop accepting, finish
 what is in flight, close idle connections.
+
+Against slow and hostile clients: a head must arrive within `header_timeout_s` of its first
+byte and a body may not pause longer than `body_timeout_s` (408, then close); a body's
+buffer grows as its bytes arrive, and all bodies together hold at most `max_body_memory`
+(503 past it); at most `max_connections` are open; a connection's buffers go when it
+closes, not at the next garbage collection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from collections import deque
@@ -32,7 +39,16 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
-from kindling.errors import HeadTooLarge, InvalidInput, KindlingError, PayloadTooLarge
+from kindling.errors import (
+    HeadTooLarge,
+    InvalidInput,
+    KindlingError,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerBusy,
+    UnsupportedTransferCoding,
+)
+from kindling.runtime.settings import ServerSettings
 
 log = logging.getLogger("kindling.runtime")
 
@@ -48,6 +64,17 @@ COALESCE_BYTES = 64 * 1024
 # past the parser: for a 600 kB image that spares three copies (the loop's read buffer to
 # bytes, the parser's chunk, the join).
 DIRECT_BODY_BYTES = 64 * 1024
+# Such a buffer is made when the body's first bytes arrive, this large at most (the whole
+# 600 kB image, in one allocation), and doubles as they fill it: a client that declares
+# 64 MiB and sends nothing costs nothing, one that sends n bytes at most max(2n, 1 MiB).
+# Doubling, not fixed steps: a realloc may copy, and doubling copies each byte once.
+BODY_STEP_BYTES = 1024 * 1024
+# Past its first body_timeout_s, a body must average this many bytes a second (Apache
+# mod_reqtimeout's default MinRate): a byte every few seconds is no upload.
+MIN_BODY_RATE = 500
+# An encoded "/" stays encoded: decoded, it would split a path segment (a model name
+# cannot hold "/", as in Triton's model routes).
+ENCODED_SLASH = re.compile("%2f", re.IGNORECASE)
 # What the parser reads into: heads, small bodies, the start of large ones. One per
 # server: the parser consumes each read before the next.
 READ_BUFFER_BYTES = 64 * 1024
@@ -58,13 +85,17 @@ class Request:
     so a handler can refuse (unknown model) before the upload is read."""
 
     __slots__ = (
+        "_budget",
         "_buffer",
         "_chunks",
         "_complete",
         "_continue",
+        "_declared",
         "_discard",
         "_error",
         "_limit",
+        "_refused",
+        "_reserved",
         "_size",
         "_waiter",
         "headers",
@@ -80,6 +111,7 @@ class Request:
         path: str,
         headers: dict[str, str],
         limit: int,
+        budget: BodyBudget,
         spare: bytearray | None = None,
     ) -> None:
         self.method = method
@@ -88,12 +120,19 @@ class Request:
         self.params: dict[str, str] = {}
         self.keep_alive = True
         self._limit = limit
+        self._budget = budget
         self._chunks: list[bytes] = []
         self._buffer: bytearray | None = None
         """A body of known, large size lands here, read straight from the socket."""
+        self._declared = 0
+        """That size (0: the body goes through the parser into `_chunks`)."""
+        self._reserved = 0
+        """Bytes of the server's body budget this request holds."""
         self._size = 0
         self._complete = False
         self._discard = False
+        self._refused = False
+        """Not a request: the answer to a stream the parser rejected (`_error`)."""
         self._error: KindlingError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._continue: Callable[[], None] | None = None
@@ -105,11 +144,12 @@ class Request:
                     f"request body of {size} bytes exceeds the limit of {limit}"
                 )
             elif size >= DIRECT_BODY_BYTES:
-                # The last request's buffer, if the same size: a fresh 600 kB one costs a
-                # zero-fill and, often, page faults.
-                self._buffer = (
-                    spare if spare is not None and len(spare) == size else bytearray(size)
-                )
+                self._declared = size
+                if spare is not None and len(spare) == size:
+                    # The last request's buffer, if the same size: a fresh 600 kB one costs
+                    # a zero-fill and, often, page faults. Its bytes are already counted.
+                    self._buffer = spare
+                    self._reserved = size
 
     async def body(self) -> bytes:
         """The whole body (a bytearray when it was read straight from the socket); 413 past
@@ -137,27 +177,103 @@ class Request:
         if self._discard or self._error is not None:
             return
         size = self._size
-        self._size = size + len(chunk)
-        if self._buffer is not None:
-            self._buffer[size : self._size] = chunk  # the parser guards the declared length
-        elif self._size > self._limit:
-            self._chunks = []
+        end = self._size = size + len(chunk)
+        if self._declared:  # the first bytes of a direct body, with the head
+            buffer = self._buffer
+            if (buffer is not None and end <= len(buffer)) or self._grow(end):
+                self._buffer[size:end] = chunk  # type: ignore[index]  # the parser guards the length
+        elif end > self._limit:
             self._fail(PayloadTooLarge(f"request body exceeds the limit of {self._limit} bytes"))
-        else:
+        elif end - DIRECT_BODY_BYTES <= self._reserved or self._charge(end - DIRECT_BODY_BYTES):
+            # A body smaller than a read buffer is not counted against the budget.
             self._chunks.append(chunk)
+
+    def _grow(self, need: int) -> bool:
+        """Make the direct buffer hold at least `need` bytes: allocated on its first bytes,
+        doubled as they fill it, never past the declared size (BODY_STEP_BYTES)."""
+        buffer = self._buffer
+        have = 0 if buffer is None else len(buffer)
+        size = min(self._declared, max(need, 2 * have, BODY_STEP_BYTES))
+        if not self._budget.take(size - have):
+            self._fail(self._budget.refusal())
+            return False
+        self._reserved += size - have
+        if buffer is None:
+            self._buffer = bytearray(size)
+        else:
+            buffer += bytes(size - have)  # in place: a realloc, often without a copy
+        return True
+
+    def _charge(self, size: int) -> bool:
+        """Count a de-chunked body's bytes against the budget, doubling as for `_grow`."""
+        step = max(size, 2 * self._reserved, BODY_STEP_BYTES) - self._reserved
+        if not self._budget.take(step):
+            self._fail(self._budget.refusal())
+            return False
+        self._reserved += step
+        return True
 
     def _finish(self) -> None:
         self._complete = True
         self._wake()
 
     def _fail(self, error: KindlingError) -> None:
+        """The body will not be delivered: `error` is what body() raises. What it held goes
+        now, even if the request itself lives on (a handler still running)."""
         if self._error is None:
             self._error = error
+        self._drop_body()
         self._wake()
+
+    def _drop_body(self) -> None:
+        self._buffer = None
+        if self._chunks:
+            self._chunks = []
+        if self._reserved:
+            self._budget.give(self._reserved)
+            self._reserved = 0
+
+    def _release(self) -> None:
+        """The request is done with: let go of its body and of its error, whose traceback's
+        frames hold this request (a cycle that only a full garbage collection would free,
+        with the body in it)."""
+        self._drop_body()
+        self._error = None
+        self._waiter = None
+        self._continue = None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+class BodyBudget:
+    """Bytes held by request bodies (and connections' spare buffers), all connections
+    together, against `max_body_memory`; `reclaim` frees the spare buffers when short."""
+
+    __slots__ = ("free", "limit", "reclaim")
+
+    def __init__(self, limit: int, reclaim: Callable[[], None] = lambda: None) -> None:
+        self.limit = limit
+        self.free = limit
+        self.reclaim = reclaim
+
+    def take(self, size: int) -> bool:
+        if size > self.free:
+            self.reclaim()
+            if size > self.free:
+                return False
+        self.free -= size
+        return True
+
+    def give(self, size: int) -> None:
+        self.free += size
+
+    def refusal(self) -> ServerBusy:
+        return ServerBusy(
+            f"request bodies in progress hold the server's {self.limit} bytes for them; "
+            "retry shortly"
+        )
 
 
 class Response:
@@ -222,6 +338,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
     Buffered: the loop reads into the server's read buffer, which the parser consumes at
     once; a large body of declared length is then read straight into its request's
     buffer (`_direct`), bypassing the parser, which is replaced once the body is in.
+
+    One timer per connection enforces every timeout (`_check`): it may fire early, never
+    late, and is moved only when a phase starts whose deadline is nearer than it.
     """
 
     def __init__(self, server: HttpServer) -> None:
@@ -236,46 +355,76 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._headers: dict[str, str] = {}
         self._head_bytes = 0
         self._worker: asyncio.Task[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._idle_since: float | None = None
         """When the connection last became idle; None while a request is in progress."""
+        self._head_since: float | None = None
+        """When the head being parsed began to arrive; None between heads."""
+        self._body_since = 0.0
+        """When the body being parsed began (or the client was told to send it)."""
+        self._last_read = 0.0
+        self._write_paused_at = 0.0
+        """When writing last paused, or the client was last seen reading while paused."""
+        self._write_left = 0
+        """Bytes waiting to be written, as of `_write_paused_at`."""
         self._reading = True
         self._writable: asyncio.Future[None] | None = None
-        self._close_after = False  # an upgrade or a parse error: answer, then close
+        self._close_after = False  # an upgrade or a refusal: answer, then close
         self._direct: Request | None = None
         self._spare: bytearray | None = None
-        """A body buffer no one references any more, for the next request of its size."""
+        """A body buffer no one references any more, for the next request of its size;
+        counted against the server's body budget."""
 
     # -- asyncio callbacks ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._server.connections.add(self)
-        self._idle_since = self._loop.time()
-        self._idle_timer = self._loop.call_later(self._server.keep_alive_s, self._idle_check)
+        server = self._server
+        if len(server.connections) >= server.max_connections:
+            server.over_capacity(self)
+            return
+        server.connections.add(self)
+        self._idle_since = self._last_read = self._loop.time()
+        self._arm(self._idle_since + server.tick_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         gone = InvalidInput("client disconnected before sending the whole body")
         for request in self._pending:
             request._fail(gone)
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        if self._worker is None:
+            self._forget()
+        # else the worker, woken by the failures above, forgets when it ends
         self._server.connection_closed()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         direct = self._direct
         if direct is not None:
-            return memoryview(direct._buffer)[direct._size :]  # type: ignore[arg-type]
+            buffer = direct._buffer
+            size = direct._size
+            if buffer is None or size == len(buffer):
+                # Grown here, not in buffer_updated: asyncio's loop still holds the last
+                # view of the buffer there, and a bytearray with a view can't be resized.
+                if direct._error is None and not direct._discard and direct._grow(size + 1):
+                    buffer = direct._buffer
+                else:  # refused or answered: the rest is read into scratch and dropped
+                    rest = min(direct._declared - size, READ_BUFFER_BYTES)
+                    return self._server.read_buffer[:rest]
+            return memoryview(buffer)[size:]  # type: ignore[arg-type]
         return self._server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._last_read = self._loop.time()
         direct = self._direct
         if direct is not None:
             direct._size += nbytes
-            if direct._size == len(direct._buffer):  # type: ignore[arg-type]
+            if direct._size == direct._declared:
                 # The parser never saw this body: a fresh one starts at the next message.
                 self._direct = None
                 self._parser = httptools.HttpRequestParser(self)
@@ -283,12 +432,12 @@ class HttpProtocol(asyncio.BufferedProtocol):
             return
         self._feed(self._server.read_buffer[:nbytes])
         request = self._parsing
-        if request is not None and request._buffer is not None and not request._discard:
+        if request is not None and request._declared and not self._close_after:
             self._direct = request  # the rest of its body comes past the parser
 
     def _feed(self, data: memoryview) -> None:
         if self._close_after:
-            return  # past an upgrade or a parse error, the rest of the stream is not HTTP
+            return  # past an upgrade or a refusal, the rest of the stream is not read
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -307,6 +456,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._writable = self._loop.create_future()
+        self._write_paused_at = self._loop.time()
+        self._write_left = 1 << 62  # measured at the first check
+        self._arm(self._write_paused_at + self._server.tick_s)
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -317,6 +469,8 @@ class HttpProtocol(asyncio.BufferedProtocol):
 
     def on_message_begin(self) -> None:
         self._idle_since = None
+        self._head_since = self._last_read  # the read that brought the head's first byte
+        self._arm(self._last_read + self._server.header_timeout_s)
         self._url = b""
         self._headers = {}
         self._head_bytes = 0
@@ -334,24 +488,37 @@ class HttpProtocol(asyncio.BufferedProtocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        server = self._server
+        self._head_since = None
+        headers = self._headers
+        coding = headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            # llhttp would take "gzip, chunked" and hand over still-gzipped bytes.
+            raise UnsupportedTransferCoding(
+                f"transfer coding {coding[:100]!r} is not supported, only chunked"
+            )
         try:
             path = httptools.parse_url(self._url).path.decode("latin-1")
         except httptools.HttpParserInvalidURLError:
             raise InvalidInput(f"invalid request target {self._url[:200]!r}") from None
-        if "%" in path:
-            path = unquote(path)
+        if "%" in path:  # decoded between encoded slashes, which stay as they are
+            path = "%2F".join(map(unquote, ENCODED_SLASH.split(path)))
         request = Request(
             parser.get_method().decode("ascii"),
             path,
-            self._headers,
-            self._server.max_body,
+            headers,
+            server.max_body,
+            server.budget,
             self._spare,
         )
-        if request._buffer is self._spare:
-            self._spare = None
+        if request._buffer is not None:
+            self._spare = None  # taken, with its share of the budget
         request.keep_alive = parser.should_keep_alive()
-        if self._headers.get("expect", "").lower() == "100-continue" and not request.too_large:
-            request._continue = self._send_continue
+        if headers.get("expect", "").lower() == "100-continue" and not request.too_large:
+            request._continue = self._send_continue  # the body timer starts with the 100
+        else:
+            self._body_since = self._last_read
+            self._arm(self._last_read + server.body_timeout_s)
         self._parsing = request
         self._pending.append(request)
         if len(self._pending) > MAX_PIPELINED:
@@ -380,19 +547,31 @@ class HttpProtocol(asyncio.BufferedProtocol):
             transport.abort()
         finally:
             self._worker = None
-        if not self._pending and not transport.is_closing():
+        if transport.is_closing():
+            self._forget()
+        elif not self._pending:
             if self._server.draining:
                 transport.close()
             else:
                 self._idle_since = self._loop.time()
+                self._arm(self._idle_since + self._server.keep_alive_s)
 
     async def _serve_pending(self, transport: asyncio.Transport) -> None:
         while self._pending:
             request = self._pending[0]
-            response = await self._app.respond(request)
+            if request._refused:
+                response = self._app.error(request._error)  # type: ignore[arg-type]
+            else:
+                response = await self._app.respond(request)
             if transport.is_closing():
                 return
-            keep_alive = request.keep_alive and not self._close_after and not self._server.draining
+            # After a refusal, the requests before it are answered as usual; the last
+            # answer closes.
+            keep_alive = (
+                request.keep_alive
+                and not self._server.draining
+                and not (self._close_after and len(self._pending) == 1)
+            )
             self._write(request, response, keep_alive)
             if not keep_alive:
                 transport.close()
@@ -402,7 +581,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 # rest and drop it, so the connection stays usable and the client, still
                 # sending, gets its answer rather than a reset.
                 request._discard = True
-                request._chunks = []
+                request._drop_body()
                 if not await self._await_body(request):
                     transport.close()
                     return
@@ -411,6 +590,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
             if not self._reading and len(self._pending) <= MAX_PIPELINED:
                 self._reading = True
                 transport.resume_reading()
+                self._restart_clocks()
             if self._writable is not None:
                 await self._writable
 
@@ -457,20 +637,45 @@ class HttpProtocol(asyncio.BufferedProtocol):
         # Two references: `buffer` and getrefcount's argument. Anything else (the handler,
         # a memoryview or an ndarray over it, a batch still running) holds one more.
         if buffer is not None and request._complete and sys.getrefcount(buffer) == 2:
+            self._drop_spare()
             self._spare = buffer
+            request._reserved -= len(buffer)  # its share of the budget stays with the spare
+        request._release()
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            self._server.budget.give(len(spare))
+
+    def _forget(self) -> None:
+        """The connection is closing: let go of everything its requests hold now, not at
+        the next full garbage collection (the parser and this protocol reference each
+        other, so nothing they hold is freed by reference counting alone)."""
+        for request in self._pending:
+            request._release()
+        self._pending.clear()
+        self._parsing = self._direct = None
+        self._drop_spare()
 
     def _refuse(self, error: KindlingError) -> None:
-        """A request the parser rejected: answer it and close (the stream can't resync)."""
-        if self._transport is None or self._transport.is_closing():
+        """Stop reading the stream, which can't resync: the request being parsed fails with
+        `error` (its handler's body() raises it), or, between requests, `error` is answered
+        after the requests before it; then the connection closes."""
+        if self._transport is None or self._transport.is_closing() or self._close_after:
             return
-        for request in self._pending:
-            request._fail(error)
-        if self._worker is None:
-            request = Request("GET", "", {}, 0)
-            self._write(request, self._app.error(error), keep_alive=False)
-            self._transport.close()
-        # The request being served gets `error` from body(), and its answer closes.
         self._close_after = True
+        self._direct = None
+        self._head_since = None
+        request = self._parsing
+        if request is not None:
+            request._fail(error)
+            return
+        refused = Request("GET", "", {}, 0, self._server.budget)
+        refused._refused = refused._complete = True
+        refused._error = error
+        self._pending.append(refused)
+        if self._worker is None:
+            self._worker = self._loop.create_task(self._serve())
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
@@ -480,21 +685,85 @@ class HttpProtocol(asyncio.BufferedProtocol):
     def _send_continue(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._body_since = self._last_read = self._loop.time()
+            self._arm(self._last_read + self._server.body_timeout_s)
 
     def _pause_reading(self) -> None:
         if self._reading and self._transport is not None:
             self._reading = False
             self._transport.pause_reading()
 
-    def _idle_check(self) -> None:
-        """The keep-alive timeout, checked by one timer per connection rather than a timer
-        set and cancelled per request."""
-        timeout = self._server.keep_alive_s
-        idle_for = 0.0 if self._idle_since is None else self._loop.time() - self._idle_since
-        if idle_for >= timeout and not self._pending and self._transport is not None:
-            self._transport.close()
+    def _restart_clocks(self) -> None:
+        """Reading resumed: the time it was paused was ours, not the client's."""
+        now = self._last_read = self._body_since = self._loop.time()
+        if self._head_since is not None:
+            self._head_since = now
+        self._arm(now + self._server.tick_s)
+
+    # -- timeouts ------------------------------------------------------------------------
+
+    def _arm(self, deadline: float) -> None:
+        """Have `_check` run by `deadline`: a no-op when the timer fires sooner already, so
+        a request costs no timer of its own with the default timeouts."""
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._check)
+
+    def _check(self) -> None:
+        """Every timeout of the connection, in the phase it is in: the head (408 after
+        header_timeout_s), the body (408 after body_timeout_s without a byte, or too slow
+        on average), a response the client does not read (reset), idle (close)."""
+        self._timer, self._timer_at = None, float("inf")
+        transport = self._transport
+        if transport is None or transport.is_closing():
             return
-        self._idle_timer = self._loop.call_later(timeout - idle_for, self._idle_check)
+        server = self._server
+        now = self._loop.time()
+        deadline = now + server.tick_s  # when no phase is due: look again then
+        if self._writable is not None:
+            left = transport.get_write_buffer_size()
+            if left < self._write_left:  # the client read some: a slow reader, not gone
+                self._write_left, self._write_paused_at = left, now
+            elif now >= self._write_paused_at + server.body_timeout_s:
+                transport.abort()  # close() would wait for the client to read
+                return
+        request = self._parsing
+        if self._close_after or not self._reading:
+            pass  # a refusal is being answered, or the client waits on us
+        elif self._head_since is not None:
+            due = self._head_since + server.header_timeout_s
+            if now >= due:
+                self._refuse(
+                    RequestTimeout(
+                        f"request head not received within {server.header_timeout_s:g} s"
+                    )
+                )
+            else:
+                deadline = min(deadline, due)
+        elif request is not None and request._continue is None:
+            timeout = server.body_timeout_s
+            due = min(
+                self._last_read + timeout,
+                self._body_since + timeout + request._size / MIN_BODY_RATE,
+            )
+            if now < due:
+                deadline = min(deadline, due)
+            elif request._discard:
+                transport.close()  # already answered: the rest of its body is not coming
+                return
+            else:
+                self._refuse(
+                    RequestTimeout(f"request body stalled (no progress for {timeout:g} s)")
+                )
+        elif self._idle_since is not None and not self._pending:
+            due = self._idle_since + server.keep_alive_s
+            if now >= due:
+                transport.close()
+                return
+            deadline = min(deadline, due)
+        self._arm(deadline)
 
     # -- drain -------------------------------------------------------------------------------
 
@@ -504,22 +773,55 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self._transport.close()
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the server allows its clients; ServerSettings (runtime/settings.py) documents
+    each, and its defaults are these."""
+
+    header_timeout_s: float = ServerSettings.header_timeout_s
+    body_timeout_s: float = ServerSettings.body_timeout_s
+    max_body_memory: int = ServerSettings.max_body_memory_bytes
+    max_connections: int = ServerSettings.max_connections
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> Limits:
+        return cls(
+            settings.header_timeout_s,
+            settings.body_timeout_s,
+            settings.max_body_memory_bytes,
+            settings.max_connections,
+        )
+
+
 class HttpServer:
     """The listening socket and its connections, with Knative's drain on stop."""
 
     def __init__(
-        self, app: App, loop: asyncio.AbstractEventLoop, max_body: int, keep_alive_s: float
+        self,
+        app: App,
+        loop: asyncio.AbstractEventLoop,
+        max_body: int,
+        keep_alive_s: float,
+        limits: Limits = Limits(),
     ) -> None:
         self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
         self.app = app
         self.loop = loop
         self.max_body = max_body
         self.keep_alive_s = keep_alive_s
+        self.header_timeout_s = limits.header_timeout_s
+        self.body_timeout_s = limits.body_timeout_s
+        self.max_connections = limits.max_connections
+        self.tick_s = min(keep_alive_s, limits.header_timeout_s)
+        """How often an idle or busy connection's timer looks: a head may start any time,
+        and its deadline must not be missed (see HttpProtocol._arm)."""
+        self.budget = BodyBudget(limits.max_body_memory, self._drop_spares)
         self.clock = _Clock()
         self.connections: set[HttpProtocol] = set()
         self.draining = False
         self._server: asyncio.AbstractServer | None = None
         self._all_closed: asyncio.Event | None = None
+        self._at_capacity = False
 
     async def listen(self, host: str, port: int) -> int:
         """Bind and accept; returns the port (the one chosen, for port 0)."""
@@ -528,9 +830,26 @@ class HttpServer:
         )
         return self._server.sockets[0].getsockname()[1]
 
+    def over_capacity(self, connection: HttpProtocol) -> None:
+        """One connection too many: 503 and close, before reading anything from it."""
+        if not self._at_capacity:  # once per episode: a flood must not flood the log too
+            log.warning("%d connections open: refusing more", len(self.connections))
+            self._at_capacity = True
+        busy = ServerBusy(f"the server has {self.max_connections} connections open")
+        connection._write(Request("GET", "", {}, 0, self.budget), self.app.error(busy), False)
+        assert connection._transport is not None
+        connection._transport.close()
+
     def connection_closed(self) -> None:
+        if len(self.connections) < self.max_connections:
+            self._at_capacity = False
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
+
+    def _drop_spares(self) -> None:
+        """The budget is short: idle buffers kept for reuse go first."""
+        for connection in self.connections:
+            connection._drop_spare()
 
     async def drain(self, timeout_s: float) -> None:
         """Stop accepting, let requests in flight finish (up to `timeout_s`), close the rest."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -24,8 +24,8 @@ from kindling.runtime.app import error_body
 from kindling.runtime.codec import (
     HEADER_LENGTH,
     InferRequest,
+    decode_body,
     decode_request,
-    decompress,
     encode_response,
 )
 from kindling.runtime.dataplane import DataPlane
@@ -88,9 +88,12 @@ class ImageAction:
     "inputs", ...}, JSON form), answered with the OIP response. As a web action, the path
     after the action (__ow_path) routes like OIP's REST API: /v2/models/{m}/infer."""
 
-    def __init__(self, plane: Callable[[], DataPlane], max_body_bytes: int) -> None:
+    def __init__(
+        self, plane: Callable[[], DataPlane], max_body_bytes: int, max_json_bytes: int
+    ) -> None:
         self.plane = plane
         self.limit = max_body_bytes
+        self.json_limit = max_json_bytes
 
     async def run(self, value: Any) -> tuple[bytes, Any]:
         """The activation's result, encoded and (for web actions) as an object; the
@@ -106,9 +109,11 @@ class ImageAction:
                 raise InvalidInput("value must be an OIP inference request (a JSON object)")
             name, version = self._model(value.get("model_name"), value.get("model_version"))
             request = orjson.dumps({k: v for k, v in value.items() if k != "model_name"})
-            body, _ = await self._infer(
-                name, version, lambda: decode_request(request, None), binary_allowed=False
-            )
+
+            async def decode() -> InferRequest:
+                return decode_request(request, None, self.json_limit)
+
+            body, _ = await self._infer(name, version, decode, binary_allowed=False)
         except KindlingError as exc:
             # The action's failure, not the container's: 200 with {"error"}, as the Python
             # runtime answers an action that returned an error (launcher.py).
@@ -131,11 +136,11 @@ class ImageAction:
         self,
         name: str,
         version: str | None,
-        decode: Callable[[], InferRequest],
+        decode: Callable[[], Awaitable[InferRequest]],
         binary_allowed: bool,
     ) -> tuple[bytes, int | None]:
         async def read() -> InferRequest:
-            request = decode()
+            request = await decode()
             if not binary_allowed:  # a plain activation's result must be all JSON
                 request.binary_output = False
                 if request.outputs is not None:
@@ -150,6 +155,8 @@ class ImageAction:
     async def _web(self, value: dict[str, Any]) -> Any:
         method = str(value.get("__ow_method", "post")).upper()
         raw_headers = value.get("__ow_headers") or {}
+        if not isinstance(raw_headers, dict):
+            raise InvalidInput("__ow_headers must be an object")
         headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
         parts = [p for p in str(value.get("__ow_path") or "").split("/") if p]
         name: Any = value.get("model_name")
@@ -179,15 +186,18 @@ class ImageAction:
             metadata = plane.model(name, version).metadata(plane.timeline)
             return _web_result(200, orjson.dumps(metadata))
 
-        def decode() -> InferRequest:
+        async def decode() -> InferRequest:
             if "__ow_body" in value:  # a raw web action, or a body that is not JSON
-                data = decompress(
-                    _web_body(value, headers), headers.get("content-encoding"), self.limit
+                return await decode_body(
+                    _web_body(value, headers),
+                    headers.get("content-encoding"),
+                    headers.get(HEADER_LENGTH),
+                    self.limit,
+                    self.json_limit,
                 )
-                return decode_request(data, headers.get(HEADER_LENGTH))
             doc = {k: v for k, v in value.items() if not k.startswith("__ow_")}
             doc.pop("model_name", None)
-            return decode_request(orjson.dumps(doc), None)
+            return decode_request(orjson.dumps(doc), None, self.json_limit)
 
         body, header_length = await self._infer(name, version, decode, binary_allowed=True)
         if header_length is None:

@@ -3,11 +3,17 @@
 It imports numpy and onnxruntime itself, so those imports run alongside the main
 thread's (the HTTP server and the app); session creation and the warm-up run release the
 GIL and overlap with them outright (paper 001: overlap the cold-start steps).
+
+Each model loads as soon as its own file is fetched, in the order fetches finish: a slow
+or failing download holds up no other model (and each is bounded by
+KINDLING_DOWNLOAD_TIMEOUT_S).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kindling.metrics import Registry
@@ -45,26 +51,73 @@ class ModelLoader(threading.Thread):
         waits for it before importing the HTTP stack: the two imports would only slow
         each other down (both hold the GIL), while session creation, which releases it,
         overlaps the HTTP stack's import for free."""
+        self.settled = threading.Event()
+        """Set once every model is READY or FAILED (or the loader itself failed)."""
+        self._on_settled: list[Callable[[], None]] = []
+        self._settled_lock = threading.Lock()
 
     def run(self) -> None:
-        fetchers: list[threading.Thread] = []
+        fetched: queue.SimpleQueue[Model] = queue.SimpleQueue()
         try:
-            from kindling.runtime.model import Model
+            try:
+                from kindling.runtime.model import Model
 
-            self.models = {c.name: Model(c) for c in self.configs}
-            # Downloads wait on the network, not the GIL: they overlap the import below.
-            for model in self.models.values():
-                fetcher = threading.Thread(
-                    target=model.fetch, args=(self.settings, self.timeline), daemon=True
-                )
-                fetcher.start()
-                fetchers.append(fetcher)
-            import onnxruntime  # noqa: F401
+                self.models = {c.name: Model(c) for c in self.configs}
+                # Downloads wait on the network, not the GIL: they overlap the import below.
+                for model in self.models.values():
+                    threading.Thread(
+                        target=self._fetch,
+                        args=(model, fetched),
+                        name=f"fetch-{model.name}",
+                        daemon=True,
+                    ).start()
+                import onnxruntime  # noqa: F401
+            finally:
+                self.imported.set()
+            # One at a time, in the order fetches finish: loads share the CPUs.
+            for _ in self.models:
+                model = fetched.get()
+                model.load(self.settings, self.threads, self.timeline, self.embedding_store)
         finally:
-            self.imported.set()
-        for model, fetcher in zip(self.models.values(), fetchers, strict=True):
-            fetcher.join()
-            model.load(self.settings, self.threads, self.timeline, self.embedding_store)
+            self._settle()
+
+    def _fetch(self, model: Model, fetched: queue.SimpleQueue[Model]) -> None:
+        try:
+            model.fetch(self.settings, self.timeline)  # a failure leaves the model FAILED
+        finally:
+            fetched.put(model)
+
+    def _settle(self) -> None:
+        with self._settled_lock:
+            self.settled.set()
+            callbacks, self._on_settled = self._on_settled, []
+        for callback in callbacks:
+            callback()
+
+    async def wait(self) -> None:
+        """Until every model is READY or FAILED, with no thread blocked on it: asyncio's
+        Runner joins the default executor's threads on exit, so `to_thread(self.join)`
+        would keep a process told to stop alive as long as a download hangs."""
+        import asyncio  # here: the loader module is imported before the event loop's
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def resolve() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        def wake() -> None:  # in the loader thread
+            try:
+                loop.call_soon_threadsafe(resolve)
+            except RuntimeError:  # the loop has closed: nobody waits any more
+                pass
+
+        with self._settled_lock:
+            if self.settled.is_set():
+                return
+            self._on_settled.append(wake)
+        await future
 
     def embedding_store(self) -> EmbeddingStore:
         """The one store every text model shares, opened by the first that needs it (so

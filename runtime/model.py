@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from kindling.errors import InferenceError, InvalidInput, KindlingError, ModelLo
 from kindling.runtime.buckets import BucketedSession
 from kindling.runtime.codec import DTYPES
 from kindling.runtime.coldstart import ColdStartTimeline
-from kindling.runtime.fetch import fetch_model
+from kindling.runtime.fetch import evict, fetch_model, is_download
 from kindling.runtime.settings import ModelConfig, ServerSettings, TensorSpec
 
 if TYPE_CHECKING:
@@ -60,6 +61,9 @@ class Model:
         self.provider = ""
         self.optimized_cache_hit = False
         self._path: Path | None = None
+        # The cached download's identity when fetched, to evict exactly that file if it
+        # fails to load; None for a local file.
+        self._downloaded: os.stat_result | None = None
         # What `save_optimized_cache` writes once the server is ready, if anything.
         self._pending_cache: tuple[Path, Path, int, list[str]] | None = None
         self._specs = {t.name: t for t in config.inputs}
@@ -80,7 +84,11 @@ class Model:
                     settings.uri_schemes,
                     settings.cache_dir or DEFAULT_CACHE_DIR,
                     settings.download_timeout_s,
+                    self.config.model_sha256,
+                    settings.model_uri_root,
                 )
+                if is_download(self.config.model_uri):
+                    self._downloaded = self._path.stat()
             else:
                 self._path = self.config.path / self.config.model_file
                 if not self._path.is_file():
@@ -124,14 +132,22 @@ class Model:
 
         chosen = choose_providers(settings.providers)
         cache_path = optimized_path(path, chosen, cache_dir) if settings.optimized_cache else None
-        self.session, self.optimized_cache_hit = create_session(path, threads, chosen, cache_path)
+        try:
+            self.session, self.optimized_cache_hit = create_session(
+                path, threads, chosen, cache_path
+            )
+        except ModelLoadError as exc:
+            raise self._evicted(exc) from exc
         if cache_path is not None and not self.optimized_cache_hit:
             self._pending_cache = (path, cache_path, threads, chosen)
         self.provider = self.session.get_providers()[0]
         timeline.mark("session", self.name)
         graph_inputs = {i.name: list(i.shape) for i in self.session.get_inputs()}
         self.preprocessor = make_preprocessor(self.config, graph_inputs, embedding_store)
-        self._check_graph(list(graph_inputs))
+        try:
+            self._check_graph(list(graph_inputs))
+        except ModelLoadError as exc:
+            raise self._evicted(exc) from exc
         self.runner = self.session
         lengths = self.preprocessor.length_buckets if self.preprocessor is not None else []
         if self.provider == "CUDAExecutionProvider" and (self.max_rows > 1 or lengths):
@@ -150,6 +166,19 @@ class Model:
             self.session.run(self._output_names, self._warmup_feed(1))
             self.warmup_s = time.perf_counter() - started
             timeline.mark("warmup", self.name)
+
+    def _evicted(self, exc: ModelLoadError) -> ModelLoadError:
+        """`exc`, having removed the downloaded file from the cache if it was one: a file
+        onnxruntime cannot load, or whose graph config.yaml does not describe, would
+        otherwise leave the model FAILED after the origin is fixed, until someone clears
+        the cache by hand."""
+        if self._downloaded is None or self._path is None:
+            return exc
+        if not evict(self._path, self._downloaded):
+            return exc  # another process has already replaced it
+        return ModelLoadError(
+            f"{exc.message} (removed from the download cache: the next start downloads it again)"
+        )
 
     def _check_graph(self, graph_inputs: list[str]) -> None:
         assert self.session is not None
@@ -234,8 +263,14 @@ class Model:
         """Run one (possibly merged) batch; called from the inference thread."""
         assert self.runner is not None
         feed = self.preprocessor(batch) if self.preprocessor is not None else batch
+        # A preprocessor may cap what one run takes (memory): then several runs, joined.
+        parts = self.preprocessor.split(feed) if self.preprocessor is not None else None
         try:
-            results = self.runner.run(self._output_names, feed)
+            if parts is None or len(parts) == 1:
+                results = self.runner.run(self._output_names, feed)
+            else:
+                runs = [self.runner.run(self._output_names, part) for part in parts]
+                results = list(map(np.concatenate, zip(*runs, strict=True)))
         except Exception as exc:  # ORT's pybind exception types; classify by name
             if type(exc).__name__ in ("InvalidArgument", "InvalidGraph"):
                 raise InvalidInput(f"model {self.name!r} rejected the input: {exc}") from exc
@@ -250,6 +285,9 @@ class Model:
             "max_batch_size": self.config.max_batch_size,
             "cold_start_s": timeline.phases(self.name),
         }
+        if self.config.resources:
+            # What a pod serving this model should request (config.yaml, `resources`).
+            parameters["resources"] = self.config.resources
         if self.error:
             parameters["error"] = self.error
         return {

@@ -18,6 +18,8 @@ import base64
 import binascii
 import contextlib
 import logging
+import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -27,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from kindling.errors import InvalidInput, KindlingError, MethodNotAllowed, RouteNotFound
+from kindling.errors import (
+    InvalidActionResult,
+    InvalidInput,
+    KindlingError,
+    MethodNotAllowed,
+    RouteNotFound,
+)
 from kindling.runtime import action
 from kindling.runtime.app import error_body, error_response
 from kindling.runtime.cpu import available_cpus
@@ -125,7 +133,9 @@ class ActionProxy:
         self.loader = loader
         self.code: action.UserAction | None = None
         self.initialized = False
-        self.image_action = ImageAction(lambda: self.plane, settings.max_body_bytes)
+        self.image_action = ImageAction(
+            lambda: self.plane, settings.max_body_bytes, settings.max_json_bytes
+        )
         self._init_value: Any = None
         self._init_lock = asyncio.Lock()
         # One activation at a time, as the invoker expects of a runtime that does not
@@ -136,12 +146,20 @@ class ActionProxy:
         self._store_settings: EmbeddingSettings | None = None
         self._store: EmbeddingStore | None = None
         self._store_lock = threading.Lock()  # concurrent activations open it once
+        self._extracted: list[Path] = []
+        """Zip extraction folders (up to openwhisk_max_unzip_bytes each), removed at
+        shutdown: a process that outlives its container must not leave them behind."""
+
+    async def close(self) -> None:
+        await self.plane.close()
+        for root in self._extracted:
+            shutil.rmtree(root, ignore_errors=True)
+        self._extracted.clear()
 
     async def loaded(self) -> None:
         """Wait for the image's models: /init answers once they are ready, so no /run
         meets one still loading."""
-        if self.loader.is_alive():
-            await asyncio.to_thread(self.loader.join)
+        await self.loader.wait()  # no thread blocked on a hanging download (loader.py)
 
     def embedding_store(self) -> EmbeddingStore:
         """The store for action code, from the environment as /init left it: the loader's
@@ -187,22 +205,35 @@ class ActionProxy:
 
     async def _init_zip(self, spec: action.InitSpec) -> None:
         root = Path(tempfile.mkdtemp(prefix="kindling-action-"))
-        limit = self.settings.openwhisk_max_unzip_bytes
-        await asyncio.to_thread(action.unpack, spec.code, root, limit)
-        folders = action.model_folders(root)
-        has_main = (root / action.MAIN_FILE).is_file()
-        if not folders and not has_main:
-            message = (
-                f"Zip file does not include {action.MAIN_FILE} or a model folder (config.yaml)"
-            )
-            print(message, file=sys.stderr, flush=True)  # openwhisk-runtime-python's wording
-            raise action.ActionInitError(f"Cannot start action: {message}")
+        self._extracted.append(root)
+        try:
+            limit = self.settings.openwhisk_max_unzip_bytes
+            await asyncio.to_thread(action.unpack, spec.code, root, limit)
+            folders = action.model_folders(root)
+            has_main = (root / action.MAIN_FILE).is_file()
+            if not folders and not has_main:
+                message = (
+                    f"Zip file does not include {action.MAIN_FILE} or a model folder (config.yaml)"
+                )
+                print(message, file=sys.stderr, flush=True)  # openwhisk-runtime-python's wording
+                raise action.ActionInitError(f"Cannot start action: {message}")
+            if folders:
+                threads = self.settings.threads or available_cpus()
+                timeline = self.plane.timeline
+                loaded = await asyncio.to_thread(
+                    action.load_models,
+                    folders,
+                    self.settings,
+                    threads,
+                    timeline,
+                    self.embedding_store,
+                )
+        except BaseException:
+            # Nothing serves from it yet: a failed /init (a retry may follow) leaves nothing.
+            self._extracted.remove(root)
+            shutil.rmtree(root, ignore_errors=True)
+            raise
         if folders:
-            threads = self.settings.threads or available_cpus()
-            timeline = self.plane.timeline
-            loaded = await asyncio.to_thread(
-                action.load_models, folders, self.settings, threads, timeline, self.embedding_store
-            )
             # A zip's model replaces a built-in one of its name.
             await self.plane.add_models({m.name: m for m in loaded})
         if has_main:
@@ -259,39 +290,106 @@ class ActionProxy:
         return http_response(outcome)
 
 
-def _header_values(value: Any) -> list[str]:
-    items = value if isinstance(value, list) else [value]
-    return [str(v).lower() if isinstance(v, bool) else str(v) for v in items]
+# RFC 9110 §5.1: a field name is a token (§5.6.2).
+FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: a field value is visible characters (obs-text included), SP and HTAB; never
+# CR or LF, which would end the field early (response splitting), NUL or other controls.
+FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# Fields the server writes itself, framing the response and the connection (RFC 9112 §6,
+# RFC 9110 §7.6.1, the Date it sends): an action's would contradict them, and a second
+# Content-Length desynchronizes the connection. Dropped, as OpenWhisk's controller (akka-
+# http: "Explicitly set HTTP header ... is ignored") drops them from a web action's.
+SERVER_FIELDS = frozenset(
+    (
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "date",
+    )
+)
+
+
+def _header_values(name: str, value: Any) -> list[str]:
+    """A result header's values: a string, number or boolean, or a list of them (the
+    controller's WebActions.headersFromJson); anything else is an invalid result."""
+    if isinstance(value, list | tuple):
+        return [v for item in value for v in _header_values(name, item)]
+    if isinstance(value, bool):
+        return [str(value).lower()]
+    if isinstance(value, str | int | float):
+        text = str(value)
+        if FIELD_VALUE.fullmatch(text):
+            return [text]
+        raise InvalidActionResult(
+            f"the result's header {name!r} has a value that is not a valid HTTP field value "
+            "(CR, LF, NUL or another control character, or a character past U+00FF)"
+        )
+    raise InvalidActionResult(
+        f"the result's header {name!r} must be a string, number or boolean (or a list of "
+        f"them), got {type(value).__name__}"
+    )
+
+
+def _result_headers(headers: Any) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    if not isinstance(headers, dict):
+        raise InvalidActionResult("the result's 'headers' must be an object")
+    fields = []
+    for name, value in headers.items():
+        if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
+            raise InvalidActionResult(f"the result's header name {name!r} is not an HTTP token")
+        if name.lower() not in SERVER_FIELDS:
+            fields += [(name.lower(), v) for v in _header_values(name, value)]
+    return fields
+
+
+def _result_status(value: Any) -> int:
+    """statusCode: a whole number or a string of digits (the controller takes both), 200
+    to 599: a 1xx is not a final response, and a client would wait for the real one."""
+    if value is None:
+        return 200
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 200 <= value <= 599:
+        raise InvalidActionResult(f"the result's statusCode {value!r} is not an HTTP status")
+    return value
 
 
 def http_response(outcome: Outcome) -> Response:
     """An activation's result as the HTTP response itself, when it says how with
-    statusCode/headers/body (docs/webactions.md, "Handling HTTP requests with actions")."""
+    statusCode/headers/body (docs/webactions.md, "Handling HTTP requests with actions").
+    A result that cannot be such a response is InvalidActionResult: an error, as OpenWhisk's
+    controller answers one ("Response is not valid 'message/http'"), never sent in part."""
     result = outcome.result
     if outcome.status != 200 or not isinstance(result, dict) or not HTTP_FIELDS & result.keys():
         return Response(outcome.body, outcome.status)
-    status = never_503(int(result.get("statusCode") or 200))
-    headers = [
-        (k.lower().encode("latin-1"), v.encode("latin-1"))
-        for k, value in (result.get("headers") or {}).items()
-        for v in _header_values(value)
-    ]
-    content_type = next((v for k, v in headers if k == b"content-type"), None)
-    headers = [(k, v) for k, v in headers if k != b"content-type"]
+    status = never_503(_result_status(result.get("statusCode")))
+    fields = _result_headers(result.get("headers"))
+    content_type = next((v for k, v in fields if k == "content-type"), None)
+    headers = [(k.encode(), v.encode("latin-1")) for k, v in fields if k != "content-type"]
     body = result.get("body")
     if body is None or body == "":
         data, status = b"", 204 if status == 200 else status
     elif isinstance(body, str):
-        if content_type is not None and not text_media(content_type.decode()):
+        if content_type is not None and not text_media(content_type):
             try:
                 data = base64.b64decode(body, validate=True)
             except (binascii.Error, ValueError):
-                return Response(orjson.dumps({"error": "the result's body is not base64"}), 502)
+                raise InvalidActionResult("the result's body is not base64") from None
         else:
-            data, content_type = body.encode(), content_type or b"text/html"
+            data, content_type = body.encode(), content_type or "text/html"
     else:
-        data, content_type = orjson.dumps(body, option=DUMPS), content_type or JSON
-    return Response(data, status, content_type or JSON, headers)
+        data = orjson.dumps(body, option=DUMPS)
+    media = JSON if content_type is None else content_type.encode("latin-1")
+    return Response(data, status, media, headers)
 
 
 def create_openwhisk_app(settings: ServerSettings, plane: DataPlane, loader: ModelLoader) -> App:
@@ -337,4 +435,4 @@ def create_openwhisk_app(settings: ServerSettings, plane: DataPlane, loader: Mod
     def bind_action_api() -> None:
         action.bind(lambda: proxy.plane, asyncio.get_running_loop(), proxy.embedding_store)
 
-    return App(handle, error, startup=bind_action_api, shutdown=proxy.plane.close)
+    return App(handle, error, startup=bind_action_api, shutdown=proxy.close)

@@ -5,18 +5,28 @@ A preprocessor has three steps, each where its cost and failures belong:
   text fails only that caller;
 - `prepare` runs per request, may wait on I/O (an embedding lookup), and also fails only
   its caller: a Redis outage costs the requests that needed Redis, not a whole batch;
-- `__call__` runs on a whole batch in the inference thread (batch-wide tokenization).
+- `__call__` runs on a whole batch in the inference thread (batch-wide tokenization),
+  and `split` cuts its result into the slices one onnxruntime run each takes.
+
+`readiness` tells the readiness routes whether the model can serve: a word-vector model
+cannot while its table is missing from the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from kindling.errors import InferenceError, InvalidInput
+from kindling.errors import (
+    DependencyUnavailable,
+    EmbeddingTableMissing,
+    InferenceError,
+    InvalidInput,
+)
 from kindling.runtime.buckets import bucket_sizes
 from kindling.runtime.settings import ConfigError, ModelConfig
 from kindling.runtime.text import TOKENIZERS
@@ -39,6 +49,15 @@ class Preprocessor(Protocol):
     async def prepare(self, inputs: Tensors) -> Tensors: ...
 
     def __call__(self, batch: Tensors) -> Tensors: ...
+
+    def split(self, feed: Tensors) -> list[Tensors]:
+        """`__call__`'s feed as the slices of rows one onnxruntime run each takes."""
+        ...
+
+    async def readiness(self) -> str | None:
+        """Why the model cannot serve now, or None; may ask a backing store, so readiness
+        probes call it, never the request path."""
+        ...
 
 
 def decode_text(name: str, array: np.ndarray) -> np.ndarray:
@@ -68,6 +87,14 @@ class HFTokenizer:
         # Pad to the longest sentence of each batch, not to max_length: attention cost
         # grows with the square of the padded length.
         self.tokenizer.enable_padding()
+        # Rows x padded length one onnxruntime run may take; a larger batch runs in
+        # slices. BERT's activations grow with it (attention with its square), and the
+        # arena keeps its peak: a 32 x 256 MiniLM batch takes a serving process to
+        # ~720 MB for good in one run, ~350 MB in slices of 2048 tokens, at the same
+        # speed (python -m kindling.loadtest.bench_memory --compare-cap). 0: no cap.
+        self.max_batch_tokens = int(spec.get("max_batch_tokens", 0))
+        if self.max_batch_tokens < 0:
+            raise ConfigError(f"{config.name}: preprocess max_batch_tokens must be >= 0")
         self.text_input = config.inputs[0].name
         self.onnx_inputs = onnx_inputs
         self.pad_values = {t.name: None for t in config.inputs}
@@ -89,6 +116,20 @@ class HFTokenizer:
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
         return {name: tensors[name] for name in self.onnx_inputs}
+
+    def split(self, feed: Tensors) -> list[Tensors]:
+        rows, length = feed[self.onnx_inputs[0]].shape
+        per_run = max(1, self.max_batch_tokens // max(1, length))
+        if not self.max_batch_tokens or rows <= per_run:
+            return [feed]
+        # Row slices of C-ordered arrays: views, no copy.
+        return [
+            {name: array[start : start + per_run] for name, array in feed.items()}
+            for start in range(0, rows, per_run)
+        ]
+
+    async def readiness(self) -> str | None:
+        return None
 
 
 class WordVectors:
@@ -130,7 +171,11 @@ class WordVectors:
         )
         self.pad_values: dict[str, float | None] = {o: 0.0 for o in self.inputs.values()}
         self.length_buckets = bucket_sizes(self.max_length, self.min_length)
+        self.model = config.name
         self.store = store()
+        self._missing_since: float | None = None
+        """When a lookup or a probe last found the table missing; None while it is there."""
+        self._probed_at = float("-inf")
 
     def validate(self, inputs: Tensors) -> Tensors:
         tokenized = {}
@@ -147,8 +192,19 @@ class WordVectors:
         return await asyncio.to_thread(self._vectors, inputs)
 
     def _vectors(self, inputs: Tensors) -> Tensors:
+        # Imported here, as the store is: image models never load kindling.embeddings.
+        from kindling.embeddings.tables import TableNotFound
+
         words = list(dict.fromkeys(w for tokens in inputs.values() for ws in tokens for w in ws))
-        result = self.store.lookup(self.table, words) if words else None
+        try:
+            result = self.store.lookup(self.table, words) if words else None
+        except TableNotFound:
+            # Marked here, at no cost to the requests that find it: readiness says so at
+            # once, without waiting for its next look at the store.
+            self._missing_since = time.monotonic()
+            raise EmbeddingTableMissing(self.model, self.table) from None
+        if self._missing_since is not None and result is not None:
+            self._missing_since = None
         if result is not None and self.dim is not None and result.dim != self.dim:
             raise InferenceError(
                 f"table {self.table!r} has {result.dim}-d vectors, the model takes {self.dim}"
@@ -169,6 +225,39 @@ class WordVectors:
 
     def __call__(self, batch: Tensors) -> Tensors:
         return batch
+
+    def split(self, feed: Tensors) -> list[Tensors]:
+        return [feed]
+
+    async def readiness(self) -> str | None:
+        """The table's absence, from the last lookup or probe that saw the store. The store
+        is asked at most once per KINDLING_EMBEDDINGS_ALIAS_TTL (what a lookup trusts an
+        alias for), so probes cost Redis one GET a second at most, none under traffic."""
+        now = time.monotonic()
+        if now - self._probed_at >= self.store.settings.alias_ttl:
+            self._probed_at = now  # before the await: concurrent probes ask once
+            await asyncio.to_thread(self._probe, now)
+        if self._missing_since is None:
+            return None
+        return EmbeddingTableMissing(self.model, self.table).message
+
+    def _probe(self, started: float) -> None:
+        from kindling.embeddings.tables import TableNotFound
+
+        try:
+            self.store.check_table(self.table)
+        except TableNotFound:
+            self._missing_since = started
+        except DependencyUnavailable:
+            # Redis down: keep the last answer. The model still serves what the vector
+            # cache holds and fails the rest fast, and every replica sees the same
+            # outage, so dropping them all from the Service would only turn those
+            # answers into connection errors (README, "Readiness").
+            pass
+        else:
+            # Unless a lookup found it missing after this probe began.
+            if self._missing_since is not None and self._missing_since <= started:
+                self._missing_since = None
 
 
 def make_preprocessor(

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kindling.runtime.dataplane import DataPlane
-from kindling.runtime.httpserver import App, HttpServer
+from kindling.runtime.httpserver import App, HttpServer, Limits
 from kindling.runtime.loader import ModelLoader
 from kindling.runtime.settings import ServerSettings
 from kindling.runtime.telemetry import RuntimeMetrics
@@ -49,8 +52,7 @@ async def background_work(
     """Mark ready once every model has loaded, then, once the models have been idle for a
     moment, write optimized-graph caches and warm CUDA buckets: the requests that woke the
     pod come first."""
-    if loader.is_alive():
-        await asyncio.to_thread(loader.join)
+    await loader.wait()  # not to_thread(loader.join): see ModelLoader.wait
     plane.timeline.mark("ready")
     if log_cold_start:
         plane.timeline.log()
@@ -62,6 +64,23 @@ async def background_work(
         await asyncio.to_thread(model.warm_buckets)
 
 
+def exit_within(seconds: float, code: int = 0) -> None:
+    """End the process `seconds` from now if it is still running then. The drain is
+    bounded by the same time, but a thread blocked elsewhere (a download, a lock, a
+    `to_thread` call, which asyncio.Runner and the interpreter both join on exit) must
+    not keep a pod told to stop alive until the kubelet's SIGKILL."""
+
+    def hard_exit() -> None:
+        log.warning("still running %g s after the stop signal: exiting now", seconds)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True
+    timer.start()
+
+
 def run_app(
     app: App,
     host: str,
@@ -70,13 +89,19 @@ def run_app(
     keep_alive_s: float,
     graceful_timeout_s: float,
     after_listen: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    limits: Limits | None = None,
 ) -> int:
     """Serve `app` on uvloop until SIGTERM or SIGINT, then drain; 1 if the port can't be
-    bound. `after_listen` starts once the socket is bound, and is cancelled on stop."""
+    bound. `after_listen` starts once the socket is bound, and is cancelled on stop. The
+    process ends at most `graceful_timeout_s` after the signal, with 0 (see exit_within)."""
 
     async def serve_until_stopped() -> int:
         loop = asyncio.get_running_loop()
-        server = HttpServer(app, loop, max_body, keep_alive_s)
+        # First, before anything that may take time: a stop during start-up is a stop.
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = HttpServer(app, loop, max_body, keep_alive_s, limits or Limits())
         app.startup()
         try:
             await server.listen(host, port)
@@ -84,11 +109,9 @@ def run_app(
             log.error("cannot listen on %s:%d: %s", host, port, exc)
             return 1
         log.info("serving on http://%s:%d", host, port)
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         task = loop.create_task(after_listen()) if after_listen is not None else None
         await stop.wait()
+        exit_within(graceful_timeout_s)
         log.info("draining: %d connections open", len(server.connections))
         if task is not None:
             task.cancel()
@@ -129,4 +152,5 @@ def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics
         OPENWHISK_KEEP_ALIVE_S if settings.openwhisk else KEEP_ALIVE_S,
         settings.graceful_timeout_s,
         after_listen,
+        Limits.of(settings),
     )

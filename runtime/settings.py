@@ -53,12 +53,49 @@ class ServerSettings:
     """KINDLING_THREADS: onnxruntime intra-op threads; None follows the cgroup CPU limit."""
     max_body_bytes: int = 64 * 1024 * 1024
     """KINDLING_MAX_BODY_BYTES: larger requests get 413 (64 MiB fits a batch of 100 images)."""
+    max_json_bytes: int = 10 * 1024 * 1024
+    """KINDLING_MAX_JSON_BYTES: the most JSON an inference request may carry, decompressed
+    (a JSON body, or a binary request's JSON header), each array in it counting 8 bytes
+    more, each object 128, each binary BYTES element 8 (codec.py: what they cost to
+    decode); past it, 413. orjson and numpy decode it holding the event loop and the GIL,
+    ~30 ms per MiB at worst (45 on a loaded machine): 10 MiB lets through 3 FP32 224x224x3
+    images as tritonclient writes them (8.9 MiB, ~50 ms) and holds the loop 0.3-0.45 s at
+    worst (README "Request limits"). Big tensors belong in the binary extension, decoded
+    without a copy."""
+    max_body_memory_bytes: int = 256 * 1024 * 1024
+    """KINDLING_MAX_BODY_MEMORY_BYTES: the most memory request bodies may hold at once, all
+    connections together; a request that would need more gets 503 with Retry-After. A body
+    buffer grows as its bytes arrive, so this counts what clients sent, not what they
+    declared. Four bodies of KINDLING_MAX_BODY_BYTES; it may not be less than that."""
+    header_timeout_s: float = 10.0
+    """KINDLING_HEADER_TIMEOUT_S: the longest from a request's first byte to the end of its
+    head (request line and headers); then 408 and close (Go's ReadHeaderTimeout; a head is
+    a few hundred bytes, well under a second on any link)."""
+    body_timeout_s: float = 30.0
+    """KINDLING_BODY_TIMEOUT_S: the longest a request body may go without a byte arriving
+    (nginx's client_body_timeout), or a response without the client reading it; then 408,
+    or for a response a reset, and close. A body must also average 500 bytes/s beyond this
+    (Apache mod_reqtimeout's MinRate), so that a byte every few seconds holds no connection
+    for ever; a gap, not a total, so a large upload over a slow link is never cut off."""
+    max_connections: int = 1000
+    """KINDLING_MAX_CONNECTIONS: open client connections at most; one more gets 503 with
+    Retry-After and is closed, so file descriptors and per-connection memory stay bounded
+    whatever clients do (as gunicorn's worker_connections, also 1000)."""
     uri_schemes: tuple[str, ...] = ("file", "http", "https", "s3")
     """KINDLING_MODEL_URI_SCHEMES: model_uri schemes allowed; any other is refused."""
     cache_dir: Path | None = None
     """KINDLING_CACHE_DIR: downloads and optimized models when the repository is read-only."""
-    download_timeout_s: float = 30.0
-    """KINDLING_DOWNLOAD_TIMEOUT_S: per attempt; three attempts with backoff."""
+    download_timeout_s: float = 300.0
+    """KINDLING_DOWNLOAD_TIMEOUT_S: the longest one model's fetch may take in all (every
+    attempt, the backoff between them, and waiting for another process's download of the
+    same file), after which the model is FAILED. A total, not a per-read timeout: an origin
+    trickling a byte a second would never trip one of those. 300 s: a 1 GB model at 5 MB/s
+    takes 200 s, and the model fails, with the reason, before Knative's progress deadline
+    (config-deployment progress-deadline, 600 s by default) gives up on the revision."""
+    model_uri_root: Path | None = None
+    """KINDLING_MODEL_URI_ROOT: when set, a file:// or plain-path model_uri must resolve,
+    symlinks followed, inside this folder. Unset, it may name any file the process can read:
+    model_uri is operator-controlled (config.yaml is part of the deployment)."""
     optimized_cache: bool = True
     """KINDLING_OPTIMIZED_CACHE: keep the optimized graph so the next cold start skips it."""
     optimized_cache_delay_s: float = 5.0
@@ -110,11 +147,20 @@ class ServerSettings:
             "model_repository": Path(env.get("KINDLING_MODEL_REPOSITORY", "models")),
             "models": _csv(env.get("KINDLING_MODELS")),
             "max_body_bytes": _number(env, "KINDLING_MAX_BODY_BYTES", int, 64 * 1024 * 1024),
-            "download_timeout_s": _number(env, "KINDLING_DOWNLOAD_TIMEOUT_S", float, 30.0),
+            "max_json_bytes": _number(
+                env, "KINDLING_MAX_JSON_BYTES", int, 10 * 1024 * 1024, non_negative=True
+            ),
+            "download_timeout_s": _number(env, "KINDLING_DOWNLOAD_TIMEOUT_S", float, 300.0),
             "optimized_cache": _truthy(env.get("KINDLING_OPTIMIZED_CACHE"), True),
             "optimized_cache_delay_s": _number(env, "KINDLING_OPTIMIZED_CACHE_DELAY_S", float, 5.0),
             "providers": _csv(env.get("KINDLING_PROVIDERS")),
             "graceful_timeout_s": _number(env, "KINDLING_GRACEFUL_TIMEOUT_S", float, 30.0),
+            "max_body_memory_bytes": _number(
+                env, "KINDLING_MAX_BODY_MEMORY_BYTES", int, 256 * 1024 * 1024
+            ),
+            "header_timeout_s": _number(env, "KINDLING_HEADER_TIMEOUT_S", float, 10.0),
+            "body_timeout_s": _number(env, "KINDLING_BODY_TIMEOUT_S", float, 30.0),
+            "max_connections": _number(env, "KINDLING_MAX_CONNECTIONS", int, 1000),
             "inline_max_ms": _number(env, "KINDLING_INLINE_MAX_MS", float, 20.0),
             "log_level": env.get("KINDLING_LOG_LEVEL", "warning" if openwhisk else "info"),
             "openwhisk": openwhisk,
@@ -134,6 +180,8 @@ class ServerSettings:
             values["uri_schemes"] = _csv(env["KINDLING_MODEL_URI_SCHEMES"])
         if env.get("KINDLING_CACHE_DIR"):
             values["cache_dir"] = Path(env["KINDLING_CACHE_DIR"])
+        if env.get("KINDLING_MODEL_URI_ROOT"):
+            values["model_uri_root"] = Path(env["KINDLING_MODEL_URI_ROOT"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         if settings.threads is not None and settings.threads < 1:
@@ -141,6 +189,22 @@ class ServerSettings:
         if settings.openwhisk_platform not in ("openwhisk", "knative"):
             raise ConfigError(
                 f"__OW_RUNTIME_PLATFORM must be openwhisk or knative, got {platform!r}"
+            )
+        if not settings.download_timeout_s > 0:
+            raise ConfigError(
+                f"KINDLING_DOWNLOAD_TIMEOUT_S must be > 0, got {settings.download_timeout_s}"
+            )
+        for name, value in (
+            ("KINDLING_HEADER_TIMEOUT_S", settings.header_timeout_s),
+            ("KINDLING_BODY_TIMEOUT_S", settings.body_timeout_s),
+            ("KINDLING_MAX_CONNECTIONS", settings.max_connections),
+        ):
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if settings.max_body_memory_bytes < settings.max_body_bytes:
+            raise ConfigError(
+                "KINDLING_MAX_BODY_MEMORY_BYTES must be at least KINDLING_MAX_BODY_BYTES "
+                f"({settings.max_body_bytes}), got {settings.max_body_memory_bytes}"
             )
         if not 0 < settings.port < 65536:
             raise ConfigError(f"port must be in 1..65535, got {settings.port}")
@@ -177,8 +241,15 @@ class ModelConfig:
     """How long a forming batch may wait for requests that are already arriving."""
     model_file: str = "model.onnx"
     model_uri: str | None = None
+    model_sha256: str | None = None
+    """SHA-256 of the file at model_uri (64 hex digits): a download that differs is refused,
+    never cached."""
     warmup: bool = True
     preprocess: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    """What a pod serving the model should request, in Kubernetes quantities (`memory`:
+    peak RSS at max_batch_size, measured by loadtest/bench_memory.py); informational,
+    shown in the model's metadata."""
     description: str = ""
     version: str = "1"
 
@@ -198,8 +269,10 @@ class ModelConfig:
                 max_queue_delay_ms=float(batching.get("max_queue_delay_ms", 0.0)),
                 model_file=str(data.get("model_file", "model.onnx")),
                 model_uri=data.get("model_uri"),
+                model_sha256=_sha256(data.get("model_sha256")),
                 warmup=bool(data.get("warmup", True)),
                 preprocess=dict(data.get("preprocess") or {}),
+                resources=dict(data.get("resources") or {}),
                 description=str(data.get("description", "")),
                 version=str(data.get("version", "1")),
             )
@@ -217,6 +290,15 @@ class ModelConfig:
 DATATYPES = frozenset(
     "BOOL UINT8 UINT16 UINT32 UINT64 INT8 INT16 INT32 INT64 FP16 FP32 FP64 BYTES".split()
 )
+
+
+def _sha256(value: Any) -> str | None:
+    if value is None:
+        return None
+    digest = str(value).strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"model_sha256 must be 64 hex digits, got {value!r}")
+    return digest
 
 
 def _tensor(data: Mapping[str, Any]) -> TensorSpec:

@@ -88,7 +88,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
              "--cluster-yes"],
             capture_output=True, check=True, timeout=60,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a safety net: only a hang waits this long
         while not all(_cluster_ok(n.port) for n in nodes):
             if time.monotonic() > deadline:
                 pytest.fail("the test cluster never reached cluster_state:ok")

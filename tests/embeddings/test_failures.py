@@ -1,17 +1,25 @@
 """Redis dying or hanging: fail fast with DependencyUnavailable, keep answering what the
-cache holds, and recover when Redis is back, all without recreating the store."""
+cache holds, and recover when Redis is back, all without recreating the store.
+
+No wall-clock bound is asserted that a loaded machine could miss: the cooldown is long
+and ended by moving the store's clock, "fails at once" means "asks no backend at all",
+and an upper bound on a wait is only a safety net against a hang.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
+from kindling.embeddings import lookup as lookup_module
 from kindling.embeddings.loader import load_table
 from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.redis_server import RedisServer
@@ -26,6 +34,59 @@ pytestmark = pytest.mark.integration
 SMALL = [f"w{i}" for i in range(50)]
 LARGE = [f"x{i}" for i in range(4000)]
 DIM = 16
+SAFETY_S = 60.0
+"""Far past every bound the store is configured with: only a hang takes this long."""
+
+
+class Clock:
+    """The store's monotonic clock, ahead of the real one by what the test skips."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.skipped
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    fake_time = SimpleNamespace(monotonic=fake.monotonic, perf_counter=time.perf_counter)
+    monkeypatch.setattr(lookup_module, "time", fake_time)
+    return fake
+
+
+class CountingBackend:
+    """A store's backend that counts the calls made to it."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.backend, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+def counting(store: EmbeddingStore) -> CountingBackend:
+    backend = CountingBackend(store.backend)
+    store.backend = backend  # type: ignore[assignment]
+    return backend
+
+
+def timed(call: Callable[[], object]) -> float:
+    """Seconds `call` took to raise DependencyUnavailable."""
+    started = time.monotonic()
+    with pytest.raises(DependencyUnavailable):
+        call()
+    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -46,12 +107,12 @@ def fast_settings(url: str) -> EmbeddingSettings:
         socket_timeout=0.2,
         retries=1,
         backoff=0.01,
-        cooldown=0.2,
+        cooldown=SAFETY_S,  # ended by the test moving the clock, never by waiting
         alias_ttl=0,  # every lookup asks Redis for the alias: the hardest case
     )
 
 
-def test_redis_killed_mid_load(own_redis: RedisServer, tmp_path: Path):
+def test_redis_killed_mid_load(own_redis: RedisServer, tmp_path: Path, clock: Clock):
     settings = fast_settings(own_redis.url)
     small = make_vectors(SMALL, DIM)
     backend = open_backend(settings)
@@ -76,22 +137,23 @@ def test_redis_killed_mid_load(own_redis: RedisServer, tmp_path: Path):
                 backend, "t", big, "word2vec-bin", batch_size=500, grace=0, parallel=False,
                 on_batch=kill_after_two_batches,
             )  # fmt: skip
-        # The write fails at once; abort and lock release each give up within the bound.
-        assert time.monotonic() - killed[0] < 3 * settings.fail_fast_bound + 0.5
+        # The write fails, and abort and lock release each give up: no hang.
+        assert time.monotonic() - killed[0] < SAFETY_S
 
         # Redis is down: cached words still answer, from the last version seen...
         down = store.lookup("t", ["w2", "w1", "w2"])
         np.testing.assert_array_equal(down.vectors, small[[2, 1, 2]])
-        # ...and anything else fails fast.
-        started = time.monotonic()
+        # ...and, within the cooldown that failure started, anything else fails without
+        # asking Redis at all.
+        backend_calls = counting(store)
         with pytest.raises(DependencyUnavailable) as failure:
             store.lookup("t", ["w3"])
-        assert time.monotonic() - started < settings.fail_fast_bound + 0.3
+        assert backend_calls.calls == 0
         assert failure.value.status_code == 503
         assert failure.value.retry_after
 
         own_redis.start()  # same port, same data directory
-        time.sleep(settings.cooldown)
+        clock.skipped += settings.cooldown
         back = store.lookup("t", ["w3", "w4"])  # the same store object
         np.testing.assert_array_equal(back.vectors, small[[3, 4]])
         # The half-written load never became live.
@@ -101,8 +163,8 @@ def test_redis_killed_mid_load(own_redis: RedisServer, tmp_path: Path):
         backend.close()
 
 
-def test_hung_redis_times_out_and_recovers(own_redis: RedisServer, tmp_path: Path):
-    settings = fast_settings(own_redis.url).replace(alias_ttl=60.0)
+def test_hung_redis_times_out_and_recovers(own_redis: RedisServer, tmp_path: Path, clock: Clock):
+    settings = fast_settings(own_redis.url).replace(alias_ttl=SAFETY_S)
     vectors = make_vectors(SMALL, DIM)
     backend = open_backend(settings)
     store = EmbeddingStore.from_settings(settings)
@@ -115,23 +177,21 @@ def test_hung_redis_times_out_and_recovers(own_redis: RedisServer, tmp_path: Pat
         )  # fmt: skip
         store.lookup("t", ["w1"])
         os.kill(pid, signal.SIGSTOP)  # accepts connections, never answers
+        backend_calls = counting(store)
         try:
-            started = time.monotonic()
-            with pytest.raises(DependencyUnavailable):
-                store.lookup("t", ["w5"])
-            elapsed = time.monotonic() - started
-            assert settings.socket_timeout <= elapsed < settings.fail_fast_bound + 0.3
-            # Within the cooldown, lookups that need Redis fail without waiting at all.
-            started = time.monotonic()
-            with pytest.raises(DependencyUnavailable):
-                store.lookup("t", ["w6"])
-            assert time.monotonic() - started < 0.05
+            # It waits out the socket timeout (Redis took the request), then gives up.
+            elapsed = timed(lambda: store.lookup("t", ["w5"]))
+            assert settings.socket_timeout <= elapsed < SAFETY_S
+            assert backend_calls.calls > 0
+            # Within the cooldown, lookups that need Redis fail without asking it at all.
+            asked = backend_calls.calls
+            timed(lambda: store.lookup("t", ["w6"]))
+            assert backend_calls.calls == asked
             np.testing.assert_array_equal(store.lookup("t", ["w1"]).vectors[0], vectors[1])
-            with pytest.raises(DependencyUnavailable):
-                store.ping()
+            assert timed(store.ping) < SAFETY_S
         finally:
             os.kill(pid, signal.SIGCONT)
-        time.sleep(settings.cooldown)
+        clock.skipped += settings.cooldown
         np.testing.assert_array_equal(store.lookup("t", ["w5"]).vectors[0], vectors[5])
     finally:
         store.close()

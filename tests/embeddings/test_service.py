@@ -17,6 +17,7 @@ from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.redis_server import free_port
 from kindling.embeddings.service import create_app
 from kindling.embeddings.settings import EmbeddingSettings
+from tests.conftest import stop_process
 from tests.embeddings.helpers import WORDS, load_file, make_vectors, write_gensim
 
 VECTORS = make_vectors(WORDS, 5)
@@ -123,8 +124,8 @@ def test_real_uvicorn_process(store_dir: Path):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        with httpx.Client(base_url=base, timeout=5) as http:
+        deadline = time.monotonic() + 60  # a safety net: only a hang waits this long
+        with httpx.Client(base_url=base, timeout=30) as http:
             while True:
                 try:
                     if http.get("/readyz").status_code == 200:
@@ -141,11 +142,6 @@ def test_real_uvicorn_process(store_dir: Path):
             got = np.array(response.json()["vectors"][0], np.float32)
             assert got.tobytes() == VECTORS[WORDS.index("sat")].tobytes()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
         if process.stdout:
             process.stdout.close()

@@ -42,6 +42,7 @@ def test_reader_never_sees_a_half_switched_table(
     seen: list[set[float]] = []
     retries: list[float] = []
     errors: list[BaseException] = []
+    progress = threading.Condition()
     rng = np.random.default_rng(0)
     sentences = [list(rng.choice(WORDS, 40)) for _ in range(64)]
 
@@ -52,23 +53,37 @@ def test_reader_never_sees_a_half_switched_table(
                 try:
                     result = store.lookup(table, sentences[i % len(sentences)])
                     assert result.oov == [], f"words went missing: {result.oov}"
-                    seen.append(set(np.unique(result.vectors).tolist()))
+                    values = set(np.unique(result.vectors).tolist())
                 except BaseException as exc:
                     errors.append(exc)
+                    values = set()
+                with progress:
+                    if values:
+                        seen.append(values)
+                    progress.notify_all()
+                if errors:
                     return
                 i += 1
             retries.append(store.retries.get())
+
+    def two_more_lookups() -> None:
+        """Until the reader has finished two lookups more: the second began after this
+        call, so it saw the version loaded before it, however the threads are scheduled."""
+        with progress:
+            target = len(seen) + 2
+            assert progress.wait_for(lambda: len(seen) >= target or errors, 60), "reader hung"
 
     reader = threading.Thread(target=read)
     reader.start()
     try:
         for k in (1, 0) * 4:
             load_table(backend, table, files[k], "word2vec-bin", grace=0)
+            two_more_lookups()
     finally:
         stop.set()
         reader.join()
     assert not errors, errors[0]
-    assert len(seen) > 20
+    assert len(seen) >= 16
     assert all(len(values) == 1 for values in seen), "a lookup mixed two versions"
     assert {1.0, 2.0} <= set().union(*seen)
     print(f"{len(seen)} lookups, {retries[0]:.0f} raced a deleted version and retried")

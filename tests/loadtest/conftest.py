@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 
+def loadtest_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kindling", "loadtest", "run", *args]
+
+
 def run_loadtest(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kindling", "loadtest", "run", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return subprocess.run(loadtest_command(*args), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

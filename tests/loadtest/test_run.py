@@ -63,7 +63,8 @@ def test_concurrency_sweep_writes_every_output(runtime, out_dir):
     ok = np.array([r.latency_ms for r in counted if r.ok])
     summary = json.loads((out_dir / "summary.json").read_text())
     overall = summary["overall"]
-    assert overall["requests"] == len(counted) > 20
+    # How many fit in the 1.2 s levels depends on the machine: the counts must agree.
+    assert overall["requests"] == len(counted) > 0
     assert overall["success_ratio"] == 1.0
     assert overall["mean_ms"] == pytest.approx(ok.mean())
     assert overall["p99_ms"] == pytest.approx(np.percentile(ok, 99))
@@ -77,7 +78,7 @@ def test_concurrency_sweep_writes_every_output(runtime, out_dir):
     for stage in summary["stages"]:
         rows = [r for r in counted if r.stage == stage["stage"]]
         lat = np.array([r.latency_ms for r in rows if r.ok])
-        assert stage["requests"] == len(rows)
+        assert stage["requests"] == len(rows) == len(lat) > 0
         row = f"| {stage['stage']} | {stage['concurrency']:g} | {len(rows)} |"
         assert row in markdown
         assert (

@@ -69,6 +69,18 @@ def test_writes_layout_and_config(tmp_path):
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_configs_carry_the_measured_memory_request(tmp_path):
+    """Each sample's config.yaml says what a pod serving it should request, ahead of the
+    description; the figures are loadtest/bench_memory.py's."""
+    assert set(zoo.MEMORY_REQUESTS) == set(REGISTRY)
+    build_all(tmp_path, FAST)
+    for name in FAST:
+        config = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        assert config["resources"] == {"memory": zoo.MEMORY_REQUESTS[name]}
+        assert list(config)[-2:] == ["resources", "description"]
+        assert zoo.cheap_config(name) == config
+
+
 def test_only_builds_the_subset(tmp_path):
     assert _statuses(build_all(tmp_path, ["sm_cnn"])) == {"sm_cnn": "built"}
     assert [p.name for p in tmp_path.iterdir()] == ["sm_cnn"]

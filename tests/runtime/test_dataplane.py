@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +20,7 @@ from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.model import ModelState
 from kindling.runtime.telemetry import RuntimeMetrics
 
-TIMEOUT_S = 10
+TIMEOUT_S = 60  # a safety net: only a hang waits this long
 
 
 class FakeModel:
@@ -45,8 +46,10 @@ class FakeModel:
         return {"y": batch["x"] * 2}
 
 
-def body(value: float, gate: asyncio.Event | None = None):
+def body(value: float, gate: asyncio.Event | None = None, reading: asyncio.Event | None = None):
     async def read() -> InferRequest:
+        if reading is not None:
+            reading.set()
         if gate is not None:
             await gate.wait()
         return InferRequest({"x": np.full((1, 2), value, np.float32)})
@@ -56,7 +59,8 @@ def body(value: float, gate: asyncio.Event | None = None):
 
 def plane_with(model: FakeModel) -> DataPlane:
     metrics = RuntimeMetrics(ColdStartTimeline())
-    return DataPlane({"m": model}, metrics, inline_max_s=1.0)  # type: ignore[dict-item]
+    # Any run of the fake model counts as quick, however slow the machine is just then.
+    return DataPlane({"m": model}, metrics, inline_max_s=3600.0)  # type: ignore[dict-item]
 
 
 def test_sequential_requests_run_on_the_loop_thread():
@@ -72,24 +76,39 @@ def test_sequential_requests_run_on_the_loop_thread():
     assert model.threads == [threading.current_thread().name] * 3
 
 
+class Clock:
+    """The data plane's monotonic clock, moved by the test: "a while" without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
 def test_once_requests_overlap_they_go_to_the_inference_thread(monkeypatch):
     """Under concurrent load a request that happens to find the model idle still goes to
     the inference thread: running it on the loop would stall the others' reads. Lone
     requests run inline again once traffic has been sequential for a while."""
-    monkeypatch.setattr(dataplane, "SEQUENTIAL_AFTER_S", 0.2)
+    clock = Clock()
+    monkeypatch.setattr(
+        dataplane,
+        "time",
+        SimpleNamespace(monotonic=clock.monotonic, perf_counter=time.perf_counter),
+    )
     model = FakeModel()
 
     async def go() -> None:
         plane = plane_with(model)
-        gate = asyncio.Event()
-        first = asyncio.ensure_future(plane.infer("m", None, body(1, gate)))
-        await asyncio.sleep(0.01)  # the first is in flight, its body still coming
+        gate, reading = asyncio.Event(), asyncio.Event()
+        first = asyncio.ensure_future(plane.infer("m", None, body(1, gate, reading)))
+        await reading.wait()  # the first is in flight, its body still coming
         second = asyncio.ensure_future(plane.infer("m", None, body(2)))
         await second
         gate.set()
         await first
         await plane.infer("m", None, body(3))  # alone, but right after the overlap
-        await asyncio.sleep(0.3)
+        clock.now += dataplane.SEQUENTIAL_AFTER_S + 0.1  # no overlap for longer than that
         await plane.infer("m", None, body(4))  # sequential again
         await plane.close()
 

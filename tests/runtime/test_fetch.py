@@ -17,7 +17,20 @@ from kindling.runtime import fetch
 from kindling.runtime.fetch import fetch_model
 
 ALL = ("file", "http", "https", "s3")
-MODEL = b"\x08\x07onnx-bytes" * 5000  # ~65 KB: more than one socket read
+
+
+def framed(graph: bytes) -> bytes:
+    """`graph` in ONNX's framing: ir_version 7 (field 1, varint), then field 7 (graph,
+    length-delimited), as fetch checks before caching; onnxruntime would refuse it."""
+    length, n = bytearray(), len(graph)
+    while n > 0x7F:
+        length.append(n & 0x7F | 0x80)
+        n >>= 7
+    length.append(n)
+    return b"\x08\x07\x3a" + bytes(length) + graph
+
+
+MODEL = framed(b"onnx-bytes" * 6500)  # ~65 KB: more than one socket read
 
 
 class Server:
@@ -89,11 +102,12 @@ def server(monkeypatch):
 
 
 def leftovers(cache: Path) -> list[Path]:
-    """Files in the download cache other than finished models."""
+    """Files in the download cache other than finished models and their lock files."""
     downloads = cache / "downloads"
     if not downloads.exists():
         return []
-    return [p for p in downloads.rglob("*") if p.is_file() and p.name != "model.onnx"]
+    keep = ("model.onnx", fetch.LOCK_NAME)
+    return [p for p in downloads.rglob("*") if p.is_file() and p.name not in keep]
 
 
 # -- local files ------------------------------------------------------------------------------

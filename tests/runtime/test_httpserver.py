@@ -14,7 +14,9 @@ import http.client
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import TypeVar
 
 import orjson
 import pytest
@@ -31,6 +33,8 @@ from kindling.runtime.httpserver import (
 
 LIMIT = 4 * 1024 * 1024
 BIG = 3 * DIRECT_BODY_BYTES + 123  # read past the parser, straight into one buffer
+SAFETY_S = 60  # how long a test waits for an event before calling it a hang
+T = TypeVar("T")
 
 
 class Handlers:
@@ -40,6 +44,13 @@ class Handlers:
         self.kept: list[bytes] = []
         self.errors: list[KindlingError] = []
         self.gate = asyncio.Event()  # created per loop in start()
+        # For the test's thread: a handler reached these points.
+        self.held = threading.Event()
+        """/slow is waiting at the gate."""
+        self.reading = threading.Event()
+        """A handler is waiting for its body."""
+        self.failed = threading.Event()
+        """A body read failed (in `errors`)."""
 
     async def handle(self, request: Request) -> Response:
         path = request.path
@@ -48,11 +59,14 @@ class Handlers:
         if path == "/boom":
             raise RuntimeError("bug")
         if path == "/slow":
+            self.held.set()
             await self.gate.wait()
         try:
+            self.reading.set()
             body = await request.body()
         except KindlingError as exc:
             self.errors.append(exc)
+            self.failed.set()
             raise
         if path == "/keep":  # holds on to the body past the response
             self.kept.append(body)
@@ -83,7 +97,7 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self._thread.start()
-        assert self._ready.wait(10)
+        assert self._ready.wait(SAFETY_S)
         return self
 
     def _run(self) -> None:
@@ -98,11 +112,37 @@ class ServerThread:
         self.port = await self.server.listen("127.0.0.1", 0)
         self._ready.set()
         await self._stop.wait()
-        await self.server.drain(5)
+        await self.server.drain(SAFETY_S)
 
     def call(self, fn) -> None:
         assert self.loop is not None
         self.loop.call_soon_threadsafe(fn)
+
+    def query(self, fn: Callable[[], T]) -> T:
+        """`fn()` run on the server's loop: after whatever step it is in now has finished."""
+        result: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                result.set_result(fn())
+            except BaseException as exc:  # raised in the test's thread instead
+                result.set_exception(exc)
+
+        self.call(run)
+        return result.result(SAFETY_S)
+
+    def pause(self) -> threading.Event:
+        """Block the server's loop until the returned event is set: connections and bytes
+        queue in the kernel meanwhile."""
+        paused, resume = threading.Event(), threading.Event()
+
+        def block() -> None:
+            paused.set()
+            resume.wait(SAFETY_S)
+
+        self.call(block)
+        assert paused.wait(SAFETY_S)
+        return resume
 
     def drain(self) -> None:
         assert self._stop is not None
@@ -122,7 +162,7 @@ def server() -> Iterator[ServerThread]:
 
 
 def connect(server: ServerThread) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=SAFETY_S)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -177,7 +217,7 @@ def digest(data: bytes) -> str:
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(server: ServerThread):
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=SAFETY_S)
     for i in range(3):
         body = bytes([i]) * (10 + i)
         conn.request("POST", f"/echo/{i}", body=body)
@@ -255,10 +295,11 @@ def test_a_body_buffer_is_reused_only_once_no_one_holds_it(server: ServerThread)
 
 
 def spare(server: ServerThread) -> bytearray | None:
+    """The connection's spare buffer, read on the loop: the step that wrote the response
+    recycles the buffer before it ends."""
     assert server.server is not None
-    time.sleep(0.05)  # the response is out before the buffer is recycled
-    (connection,) = server.server.connections
-    return connection._spare
+    (connection,) = server.query(lambda: list(server.server.connections))
+    return server.query(lambda: connection._spare)
 
 
 def test_chunked_bodies_are_dechunked(server: ServerThread):
@@ -392,25 +433,29 @@ def test_an_unhandled_error_is_a_500_and_the_connection_lives_on(server: ServerT
 def test_a_client_gone_mid_body_fails_the_handlers_read(server: ServerThread):
     sock = connect(server)
     sock.sendall(post("/echo", b"x" * BIG)[: 200 + DIRECT_BODY_BYTES])
-    time.sleep(0.1)
+    assert server.handlers.reading.wait(SAFETY_S)  # the handler waits for the rest
     sock.close()
-    deadline = time.monotonic() + 10
-    while not server.handlers.errors and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert server.handlers.failed.wait(SAFETY_S)
     assert isinstance(server.handlers.errors[0], InvalidInput)
     assert "disconnected" in server.handlers.errors[0].message
 
 
 def test_an_idle_connection_is_closed_after_the_keep_alive_timeout():
-    s = ServerThread(keep_alive_s=0.3).start()
+    keep_alive_s = 0.3
+    s = ServerThread(keep_alive_s=keep_alive_s).start()
     try:
+        # The loop is held while the client connects and sends, so the request is there
+        # when the server first sees the connection, however late this thread runs.
+        resume = s.pause()
+        started = time.monotonic()
         sock = connect(s)
         sock.sendall(post("/echo", b"x"))
+        resume.set()
         reader = Reader(sock)
         assert reader.response()[0] == 200
-        started = time.monotonic()
-        assert reader.closed()
-        assert 0.1 < time.monotonic() - started < 5
+        assert reader.closed()  # EOF: the only wait, up to the socket's SAFETY_S
+        # The server's idle clock started after `started`: it cannot have closed sooner.
+        assert time.monotonic() - started >= keep_alive_s
         sock.close()
     finally:
         s.stop()
@@ -424,13 +469,12 @@ def test_drain_finishes_requests_in_flight_and_closes_idle_connections():
         idle_reader = Reader(idle)
         assert idle_reader.response()[0] == 200
         busy.sendall(post("/slow", b"in flight"))
-        time.sleep(0.2)  # the slow request is being served
+        assert s.handlers.held.wait(SAFETY_S)  # the slow request is being served
         s.drain()
         assert idle_reader.closed()  # idle: closed at once
-        with pytest.raises(OSError):  # no longer accepting
-            for _ in range(50):
-                connect(s).close()
-                time.sleep(0.02)
+        # The listening socket closed in the same step as the idle connection.
+        with pytest.raises(ConnectionRefusedError):  # no longer accepting
+            connect(s)
         s.call(s.handlers.gate.set)
         busy_reader = Reader(busy)
         status, headers, raw = busy_reader.response()

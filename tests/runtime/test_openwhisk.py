@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import http.client
 import io
-import itertools
 import json
 import threading
 import zipfile
@@ -391,23 +390,70 @@ def test_output_without_newline_still_gets_the_sentinel_on_its_own_line(start_ac
     assert action.streams() == ("partial", "partial")
 
 
+# Each run counts the runs in progress and waits until all three are (or `wait` passes):
+# concurrent runs all meet there, however slowly the callers start; serialized ones each
+# wait alone, and no two may ever be in progress together.
+RUNS_IN_PROGRESS = """
+import threading
+lock, all_in = threading.Lock(), threading.Event()
+active = peak = 0
+def main(args):
+    global active, peak
+    with lock:
+        active += 1
+        peak = max(peak, active)
+        if active == 3:
+            all_in.set()
+    all_in.wait(args["wait"])
+    with lock:
+        active -= 1
+        return {"peak": peak}
+"""
+
+
 @integration
 @pytest.mark.parametrize("concurrent", [False, True], ids=["serialized", "concurrent"])
 def test_runs_are_serialized_unless_concurrency_is_allowed(start_action, concurrent):
     env = {"__OW_ALLOW_CONCURRENT": "true"} if concurrent else {}
     action = start_action(env=env)
-    code = "import time\ndef main(args):\n    start = time.time()\n    time.sleep(0.4)\n    return {'start': start, 'end': time.time()}\n"
-    assert action.init(code)[0] == 200
-    results: list[dict] = []
-    callers = [threading.Thread(target=lambda: results.append(action.run({})[1])) for _ in range(3)]
+    assert action.init(RUNS_IN_PROGRESS)[0] == 200
+    # Concurrent: only a hang waits the minute. Serialized: each run waits long enough for
+    # the other callers' requests to arrive, to give a broken gate the chance to show.
+    wait = 60 if concurrent else 0.2
+    results: list[tuple[int, Any]] = []
+    callers = [
+        threading.Thread(target=lambda: results.append(action.run({"wait": wait})))
+        for _ in range(3)
+    ]
     for caller in callers:
         caller.start()
     for caller in callers:
         caller.join()
-    spans = sorted((r["start"], r["end"]) for r in results)
-    overlapping = any(b[0] < a[1] for a, b in itertools.pairwise(spans))
-    assert overlapping is concurrent
+    assert [status for status, _ in results] == [200] * 3, results
+    assert max(body["peak"] for _, body in results) == (3 if concurrent else 1)
     action.streams(sentinels=3)
+
+
+@integration
+def test_zip_extraction_is_removed_after_a_failed_init_and_at_shutdown(start_action):
+    """A zip is unpacked into a temporary folder (up to openwhisk_max_unzip_bytes): a
+    refused /init leaves nothing, and a stopped runtime removes the folder it ran from."""
+    action = start_action()
+    tmp_dir = action.runtime.tmp_dir
+    assert tmp_dir is not None
+
+    def extracted() -> list[Path]:
+        return list(tmp_dir.glob("kindling-action-*"))
+
+    refused = zip_code({"echo.py": "def echo(args):\n    return {'echo': args}\n"})
+    assert action.init(refused, main="echo", binary=True)[0] == 502
+    assert extracted() == []
+    accepted = zip_code({"__main__.py": "def main(args):\n    return args\n"})
+    assert action.init(accepted, binary=True)[0] == 200  # the retry an invoker may make
+    assert len(extracted()) == 1
+    assert action.run({"a": 1}) == (200, {"a": 1})
+    assert action.runtime.stop() == 0
+    assert extracted() == []
 
 
 # -- models: the image's own action, models in a zip, the action API ----------------------
@@ -558,10 +604,9 @@ def test_kim_cnn_handler_with_the_embedding_store(start_action, model_repository
 @integration
 def test_image_text_model_and_default_store_in_openwhisk_mode(start_action, model_repository):
     config = yaml.safe_load((model_repository / "kim_cnn" / "config.yaml").read_text())
-    if (config.get("preprocess") or {}).get("kind") != "word_vectors":
-        pytest.skip("this model repository's kim_cnn takes word vectors, not text")
-    if not (model_repository / ".embeddings" / config["preprocess"]["table"]).exists():
-        pytest.skip("this model repository has no demo word-vector tables")
+    # The sample repository's kim_cnn takes text, its demo table in the repository's store.
+    assert config["preprocess"]["kind"] == "word_vectors"
+    assert (model_repository / ".embeddings" / config["preprocess"]["table"]).exists()
     action = start_action(
         model_repository, models=("kim_cnn",), env={"KINDLING_EMBEDDINGS_DIR": ""}
     )

@@ -8,6 +8,7 @@ import pytest
 
 from kindling.runtime.repository import read_config, read_repository
 from kindling.runtime.settings import ConfigError, ServerSettings
+from tests.conftest import SAMPLE_MODELS
 
 CONFIG = """\
 name: {name}
@@ -150,10 +151,9 @@ def test_one_bad_config_fails_the_repository(repo):
     assert [c.name for c in read_repository(settings(repo, "bert"))] == ["bert"]
 
 
-def test_sample_repository_if_built():
-    root = Path("/tmp/models")
-    if not (root / "squeezenet1_1" / "config.yaml").is_file():
-        pytest.skip("sample models not built")
-    configs = read_repository(settings(root, "squeezenet1_1"))
-    assert configs[0].inputs[0].datatype == "FP32"
-    assert configs[0].batch_dynamic
+def test_sample_repository(model_repository):
+    configs = {c.name: c for c in read_repository(settings(model_repository))}
+    assert sorted(configs) == sorted(SAMPLE_MODELS)
+    squeezenet = configs["squeezenet1_1"]
+    assert squeezenet.inputs[0].datatype == "FP32"
+    assert squeezenet.batch_dynamic

@@ -6,6 +6,7 @@ import gzip
 import http.client
 import json
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -143,16 +144,6 @@ def infer_concurrently(client, config: dict, inputs: list[dict]) -> list:
     return [p.get_result() for p in pending]
 
 
-def post(runtime: RuntimeProcess, path: str, body: bytes, headers: dict | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", runtime.port, timeout=30)
-    try:
-        conn.request("POST", path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", SAMPLE_MODELS)
 def test_every_sample_model_matches_onnxruntime(client, model_repository, model, binary):
@@ -202,32 +193,103 @@ def test_cold_start_header_true_once(model_repository, start_runtime):
         }
     ).encode()
     flags = [
-        post(runtime, "/v2/models/squeezenet1_1/infer", body)[1]["kindling-cold-start"]
+        runtime.post("/v2/models/squeezenet1_1/infer", body)[1]["kindling-cold-start"]
         for _ in range(3)
     ]
     assert flags == ["true", "false", "false"]
     assert config["name"] == "squeezenet1_1"
 
 
-def test_concurrent_requests_are_batched_and_get_their_own_rows(client, runtime, model_repository):
-    config = config_of(model_repository, "mobilenet_v2")
-    rng = np.random.default_rng(11)
-    inputs = [sample_inputs(config, batch=1 + i % 3, rng=rng) for i in range(48)]
-    before = _batch_counts(runtime)
-    results = infer_concurrently(client, config, inputs)
-    expected = reference(
-        model_repository, "mobilenet_v2", {"input": np.concatenate([x["input"] for x in inputs])}
+def _read_head(sock: socket.socket) -> bytes:
+    """One response head, read a byte at a time so nothing after it is consumed."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            raise ConnectionError(f"closed after {head!r}")
+        head += byte
+    return head[:-4]
+
+
+def _held_infer(runtime: RuntimeProcess, x: np.ndarray) -> tuple[socket.socket, bytes]:
+    """A mobilenet_v2 request routed but not sent: its head went out with `Expect:
+    100-continue`, and the 100 says the runtime counts it as arriving. Returns the socket
+    and the body still to send."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": False}}],
+        }
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", runtime.port), timeout=60)
+    sock.sendall(
+        b"POST /v2/models/mobilenet_v2/infer HTTP/1.1\r\nHost: t\r\n"
+        b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n"
+        b"Expect: 100-continue\r\n\r\n" % (len(header), len(header) + x.nbytes)
     )
+    assert _read_head(sock) == b"HTTP/1.1 100 Continue"
+    return sock, header + x.tobytes()
+
+
+def _logits(sock: socket.socket, rows: int) -> np.ndarray:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    doc = json.loads(response.read())
+    sock.close()
+    assert response.status == 200, doc
+    return np.array(doc["outputs"][0]["data"], np.float32).reshape(rows, 1000)
+
+
+def test_concurrent_requests_are_batched_and_get_their_own_rows(
+    tmp_path, model_repository, start_runtime
+):
+    """Requests whose bodies are still arriving when a batch forms join it, and each gets
+    its own rows back. All four requests are routed first (their 100 Continue says so);
+    the fourth, routed last, sends its body only at the end, so a batch keeps waiting for
+    arrivals until the first three fill it to max_batch_size: they land in one onnxruntime
+    run whatever order their bodies arrive in and however the machine schedules them."""
+    repo = tmp_path / "repo"
+    (repo / "mobilenet_v2").mkdir(parents=True)
+    config = config_of(model_repository, "mobilenet_v2")
+    config["max_batch_size"] = 1 + 2 + 3
+    config["batching"] = {"max_queue_delay_ms": 120_000}  # only a hang would wait it out
+    (repo / "mobilenet_v2" / "config.yaml").write_text(yaml.safe_dump(config))
+    (repo / "mobilenet_v2" / "model.onnx").symlink_to(
+        model_repository / "mobilenet_v2" / "model.onnx"
+    )
+    runtime = start_runtime(repo)
+    rng = np.random.default_rng(11)
+    inputs = [rng.standard_normal((rows, 3, 224, 224)).astype(np.float32) for rows in (1, 2, 3)]
+    last = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    before = _batch_counts(runtime)
+    callers = [_held_infer(runtime, x) for x in inputs]
+    last_sock, last_body = _held_infer(runtime, last)
+    for sock, body in callers:
+        sock.sendall(body)
+    expected = reference(model_repository, "mobilenet_v2", {"input": np.concatenate(inputs)})
     offset = 0
-    for x, r in zip(inputs, results, strict=True):
-        rows = x["input"].shape[0]
+    for (sock, _), x in zip(callers, inputs, strict=True):
+        logits = _logits(sock, len(x))
         np.testing.assert_allclose(
-            r.as_numpy("logits"), expected["logits"][offset : offset + rows], rtol=1e-4, atol=1e-4
+            logits, expected["logits"][offset : offset + len(x)], rtol=1e-4, atol=1e-4
         )
-        offset += rows
+        offset += len(x)
+    last_sock.sendall(last_body)
+    np.testing.assert_allclose(
+        _logits(last_sock, 1),
+        reference(model_repository, "mobilenet_v2", {"input": last})["logits"],
+        rtol=1e-4,
+        atol=1e-4,
+    )
     runs, rows = (a - b for a, b in zip(_batch_counts(runtime), before, strict=True))
-    assert rows == offset
-    assert runs < len(inputs), "16 concurrent callers never shared an onnxruntime run"
+    assert (runs, rows) == (2, 6 + 1), "the three requests were not run as one batch"
 
 
 def _batch_counts(runtime: RuntimeProcess) -> tuple[float, float]:
@@ -444,7 +506,7 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_request_gets_clear_error(runtime, case):
     path, body, headers, status = BAD_REQUESTS[case]
-    got, _, payload = post(runtime, path, body, headers)
+    got, _, payload = runtime.post(path, body, headers)
     assert got == status, payload
     error = json.loads(payload)["error"]
     assert isinstance(error, str) and error
@@ -453,14 +515,17 @@ def test_bad_request_gets_clear_error(runtime, case):
 def test_unknown_route_and_method_are_json_errors(runtime):
     status, body = runtime.get("/v2/nothing")
     assert status == 404 and "error" in json.loads(body)
-    status, headers, body = post(runtime, "/v2/health/live", b"")
+    status, headers, body = runtime.post("/v2/health/live", b"")
     assert status == 405 and "error" in json.loads(body)
     assert headers["allow"] == "GET, HEAD"  # RFC 9110: a 405 says what is allowed
 
 
 def test_server_survives_bad_requests(client, model_repository):
     config = config_of(model_repository, "squeezenet1_1")
-    assert infer(client, config, sample_inputs(config, 1, np.random.default_rng(1)), True)
+    inputs = sample_inputs(config, 1, np.random.default_rng(1))
+    result = infer(client, config, inputs, True)
+    expected = reference(model_repository, "squeezenet1_1", inputs)["logits"]
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-4, atol=1e-5)
 
 
 # -- lifecycle ------------------------------------------------------------------------
@@ -492,7 +557,7 @@ def test_sigterm_lets_in_flight_requests_finish(model_repository, start_runtime)
 
 
 def _wait_in_flight(runtime: RuntimeProcess, model: str) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a safety net: only a hang waits this long
     needle = f'kindling_requests_in_flight{{model="{model}"}} 1'
     while time.monotonic() < deadline:
         if needle in runtime.get("/metrics")[1].decode():
@@ -542,8 +607,8 @@ def test_model_still_loading_is_503_not_a_hang(
     repo = _remote_model(tmp_path, model_repository, f"{model_host}/stall")
     runtime = start_runtime(repo, wait_for="/v2/health/live")
     assert runtime.get("/v2/health/ready")[0] == 503
-    status, headers, body = post(
-        runtime, "/v2/models/squeezenet1_1/infer", _json({"inputs": [IMAGE]})
+    status, headers, body = runtime.post(
+        "/v2/models/squeezenet1_1/infer", _json({"inputs": [IMAGE]})
     )
     assert status == 503 and "loading" in json.loads(body)["error"]
     assert headers["retry-after"] == "1"
@@ -560,13 +625,13 @@ def test_model_download_failure_is_reported(
         tmp_path, model_repository, model_host + uri if uri.startswith("/") else uri
     )
     runtime = start_runtime(repo, wait_for="/v2/health/live")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a safety net: only a hang waits this long
     while (
         json.loads(runtime.get("/v2/models/squeezenet1_1")[1])["parameters"]["state"] == "loading"
     ):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    status, _, body = post(runtime, "/v2/models/squeezenet1_1/infer", _json({"inputs": [IMAGE]}))
+    status, _, body = runtime.post("/v2/models/squeezenet1_1/infer", _json({"inputs": [IMAGE]}))
     assert status == 503 and message in json.loads(body)["error"]
     assert runtime.get("/v2/health/ready")[0] == 503
 
@@ -585,7 +650,7 @@ def test_model_subset_and_optimized_cache_reuse(tmp_path, model_repository, star
         json.loads(first.get("/v2/models/squeezenet1_1")[1])["parameters"]["optimized_cache_hit"]
         is False
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a safety net: only a hang waits this long
     while not list((repo / "squeezenet1_1" / ".kindling-cache").glob("*.ort.onnx")):
         assert time.monotonic() < deadline, "the optimized graph was never cached"
         time.sleep(0.05)

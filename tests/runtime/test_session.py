@@ -20,20 +20,16 @@ from kindling.runtime.session import (
     session_options,
 )
 
-SQUEEZENET = Path("/tmp/models/squeezenet1_1/model.onnx")
 CPU = ["CPUExecutionProvider"]
-
-pytestmark = pytest.mark.skipif(
-    not SQUEEZENET.is_file(), reason=f"needs the sample model {SQUEEZENET} (kindling.modelzoo)"
-)
 
 
 @pytest.fixture
-def model(tmp_path) -> Path:
+def model(tmp_path: Path, model_repository: Path) -> Path:
+    """A copy of the sample SqueezeNet in a folder of its own (the cache goes beside it)."""
     folder = tmp_path / "squeezenet1_1"
     folder.mkdir()
     path = folder / "model.onnx"
-    shutil.copyfile(SQUEEZENET, path)
+    shutil.copyfile(model_repository / "squeezenet1_1" / "model.onnx", path)
     return path
 
 
@@ -42,8 +38,23 @@ def image() -> np.ndarray:
     return np.random.default_rng(7).standard_normal((2, 3, 224, 224), dtype=np.float32)
 
 
+@pytest.fixture(scope="module")
+def expected(model_repository: Path, image: np.ndarray) -> np.ndarray:
+    """The logits of a plain onnxruntime session of the sample model: the ground truth."""
+    session = ort.InferenceSession(
+        str(model_repository / "squeezenet1_1" / "model.onnx"), providers=CPU
+    )
+    logits = run(session, image)
+    assert logits.shape == (2, 1000)
+    return logits
+
+
 def run(session: ort.InferenceSession, image: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: image})[0]
+
+
+def same_logits(got: np.ndarray, expected: np.ndarray) -> None:
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -155,7 +166,7 @@ def test_optimized_path_nowhere_writable(model, tmp_path):
 # -- create_session and save_optimized ---------------------------------------------------------
 
 
-def test_optimized_cache_round_trip(model, image):
+def test_optimized_cache_round_trip(model, image, expected):
     cache_path = optimized_path(model, CPU, None)
     assert cache_path is not None
 
@@ -174,28 +185,27 @@ def test_optimized_cache_round_trip(model, image):
     assert second.get_session_options().graph_optimization_level == (
         ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    expected = run(first, image)
-    assert expected.shape == (2, 1000)
-    np.testing.assert_allclose(run(second, image), expected, rtol=1e-4, atol=1e-4)
+    same_logits(run(first, image), expected)
+    same_logits(run(second, image), expected)
 
 
-def test_optimized_cache_in_cache_dir(model, tmp_path, image):
+def test_optimized_cache_in_cache_dir(model, tmp_path, image, expected):
     make_unwritable(model.parent)
     cache_path = optimized_path(model, CPU, tmp_path / "cache")
     assert cache_path is not None
     save_optimized(model, cache_path, 1, CPU)
     session, cached = create_session(model, 1, CPU, cache_path)
     assert cached is True
-    assert run(session, image).shape == (2, 1000)
+    same_logits(run(session, image), expected)
 
 
-def test_no_cache_path(model, image):
+def test_no_cache_path(model, image, expected):
     session, cached = create_session(model, 1, CPU, None)
     assert cached is False
     assert session.get_session_options().graph_optimization_level == (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     )
-    assert run(session, image).shape == (2, 1000)
+    same_logits(run(session, image), expected)
     assert not (model.parent / ".kindling-cache").exists()
 
 
@@ -204,8 +214,7 @@ def test_no_cache_path(model, image):
     [b"", b"definitely not an onnx protobuf", b"\x08\x07" + b"\xff" * 100],
     ids=["empty", "text", "garbage"],
 )
-def test_corrupt_cache_falls_back_to_the_source(model, image, content):
-    reference, _ = create_session(model, 1, CPU)
+def test_corrupt_cache_falls_back_to_the_source(model, image, expected, content):
     cache_path = optimized_path(model, CPU, None)
     assert cache_path is not None
     cache_path.write_bytes(content)
@@ -214,10 +223,10 @@ def test_corrupt_cache_falls_back_to_the_source(model, image, content):
 
     assert cached is False
     assert not cache_path.exists()  # removed, so the next save writes a good one
-    np.testing.assert_allclose(run(session, image), run(reference, image), rtol=1e-4, atol=1e-4)
+    same_logits(run(session, image), expected)
 
 
-def test_truncated_cache_falls_back_to_the_source(model, image):
+def test_truncated_cache_falls_back_to_the_source(model, image, expected):
     cache_path = optimized_path(model, CPU, None)
     assert cache_path is not None
     save_optimized(model, cache_path, 1, CPU)
@@ -227,7 +236,7 @@ def test_truncated_cache_falls_back_to_the_source(model, image):
     session, cached = create_session(model, 1, CPU, cache_path)
 
     assert cached is False
-    assert run(session, image).shape == (2, 1000)
+    same_logits(run(session, image), expected)
 
 
 def test_invalid_model(tmp_path):
