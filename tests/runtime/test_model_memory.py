@@ -20,7 +20,6 @@ import yaml
 
 from kindling.loadtest.bench_memory import long_text, proc_memory
 from tests.conftest import RuntimeProcess, StartRuntime
-from tests.runtime.test_server import post
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +54,7 @@ def embed_long_sentences(runtime: RuntimeProcess) -> tuple[np.ndarray, float]:
         {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [ROWS], "data": texts}]}
     ).encode()
     before = proc_memory(runtime.process.pid)["VmHWM"]
-    status, _, answer = post(runtime, "/v2/models/minilm/infer", body)
+    status, _, answer = runtime.post("/v2/models/minilm/infer", body)
     assert status == 200, answer
     after = proc_memory(runtime.process.pid)["VmHWM"]
     (output,) = json.loads(answer)["outputs"]

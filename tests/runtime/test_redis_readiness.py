@@ -24,7 +24,6 @@ from kindling.modelzoo.build import default_cache
 from kindling.modelzoo.word_vectors import write_demo_vectors
 from tests.conftest import RuntimeProcess, StartRuntime
 from tests.embeddings.conftest import require_redis
-from tests.runtime.test_server import post
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +86,7 @@ def assert_not_ready_for_the_table(runtime: RuntimeProcess) -> None:
 
 
 def assert_503_for_the_table(runtime: RuntimeProcess, text: str) -> None:
-    status, headers, body = post(runtime, INFER, sentence(text))
+    status, headers, body = runtime.post(INFER, sentence(text))
     assert status == 503, body
     assert headers["retry-after"] == "5"
     message = json.loads(body)["error"]
@@ -100,7 +99,7 @@ def test_flushed_table_is_503_and_not_ready_until_reloaded(
 ):
     load_demo300(redis.url)
     runtime = serve_kim_cnn(start_runtime, model_repository, redis.url, alias_ttl="0")
-    assert post(runtime, INFER, sentence("the film was great"))[0] == 200
+    assert runtime.post(INFER, sentence("the film was great"))[0] == 200
     assert_ready(runtime)
 
     redis_client.Redis.from_url(redis.url).flushall()
@@ -110,7 +109,7 @@ def test_flushed_table_is_503_and_not_ready_until_reloaded(
 
     load_demo300(redis.url)
     assert_ready(runtime)
-    assert post(runtime, INFER, sentence("the film was great"))[0] == 200
+    assert runtime.post(INFER, sentence("the film was great"))[0] == 200
 
 
 def test_a_request_that_finds_the_table_gone_marks_the_model_unready(
@@ -122,7 +121,7 @@ def test_a_request_that_finds_the_table_gone_marks_the_model_unready(
     load_demo300(redis.url)
     runtime = serve_kim_cnn(start_runtime, model_repository, redis.url, alias_ttl="3600")
     assert_ready(runtime)
-    assert post(runtime, INFER, sentence("the film was great"))[0] == 200
+    assert runtime.post(INFER, sentence("the film was great"))[0] == 200
 
     redis_client.Redis.from_url(redis.url).flushall()
     assert_ready(runtime)  # nothing has looked since
@@ -131,7 +130,7 @@ def test_a_request_that_finds_the_table_gone_marks_the_model_unready(
     assert_not_ready_for_the_table(runtime)
 
     load_demo300(redis.url)
-    assert post(runtime, INFER, sentence("a brilliant tragedy by shakespeare"))[0] == 200
+    assert runtime.post(INFER, sentence("a brilliant tragedy by shakespeare"))[0] == 200
     assert_ready(runtime)
 
 
@@ -143,12 +142,12 @@ def test_redis_down_keeps_readiness_and_a_restart_empty_clears_it(
     true (README, "Readiness"). Back but empty, the table is missing: not ready."""
     load_demo300(redis.url)
     runtime = serve_kim_cnn(start_runtime, model_repository, redis.url, alias_ttl="0")
-    assert post(runtime, INFER, sentence("the film was great"))[0] == 200
+    assert runtime.post(INFER, sentence("the film was great"))[0] == 200
 
     redis.kill()
     assert_ready(runtime)
-    assert post(runtime, INFER, sentence("The film was GREAT"))[0] == 200  # cached words
-    status, headers, body = post(runtime, INFER, sentence("a brilliant tragedy"))
+    assert runtime.post(INFER, sentence("The film was GREAT"))[0] == 200  # cached words
+    status, headers, body = runtime.post(INFER, sentence("a brilliant tragedy"))
     assert (status, headers["retry-after"]) == (503, "1"), body
     assert "unavailable" in json.loads(body)["error"]
 
@@ -157,4 +156,4 @@ def test_redis_down_keeps_readiness_and_a_restart_empty_clears_it(
     assert_503_for_the_table(runtime, "a brilliant tragedy")
     load_demo300(redis.url)
     assert_ready(runtime)
-    assert post(runtime, INFER, sentence("a brilliant tragedy"))[0] == 200
+    assert runtime.post(INFER, sentence("a brilliant tragedy"))[0] == 200

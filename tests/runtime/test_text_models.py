@@ -14,7 +14,6 @@ from kindling.embeddings.store import open_backend
 from kindling.modelzoo.build import default_cache
 from kindling.modelzoo.word_vectors import write_demo_vectors
 from tests.embeddings.conftest import require_redis
-from tests.runtime.test_server import post
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +36,14 @@ def test_redis_outage_fails_fast_keeps_cached_words_and_recovers(
         backend.close()
         runtime = start_runtime(model_repository, models=("kim_cnn",), args=("--redis", redis.url))
         path = "/v2/models/kim_cnn/infer"
-        assert post(runtime, path, sentence("the film was great"))[0] == 200
+        assert runtime.post(path, sentence("the film was great"))[0] == 200
 
         redis.kill()
         # Every word of this sentence is in the in-process cache: Redis is not needed.
-        assert post(runtime, path, sentence("The film was GREAT"))[0] == 200
+        assert runtime.post(path, sentence("The film was GREAT"))[0] == 200
         # The rest is a 503 (its bound is tests/embeddings/test_failures.py's to check):
         # `post` waits 30 s, so only a request that hangs on the outage fails here.
-        status, headers, body = post(runtime, path, sentence("a brilliant tragedy by shakespeare"))
+        status, headers, body = runtime.post(path, sentence("a brilliant tragedy by shakespeare"))
         assert status == 503, body
         assert headers["retry-after"] == "1"
         assert "redis" in json.loads(body)["error"].lower()
@@ -52,7 +51,7 @@ def test_redis_outage_fails_fast_keeps_cached_words_and_recovers(
         redis.start()  # same port; the AOF brings the table back
         # Polled until the cooldown has passed; the deadline is only a safety net.
         deadline = time.monotonic() + 60
-        while (status := post(runtime, path, sentence("a brilliant tragedy"))[0]) != 200:
+        while (status := runtime.post(path, sentence("a brilliant tragedy"))[0]) != 200:
             assert status == 503 and time.monotonic() < deadline, "no recovery without restart"
             time.sleep(0.1)
         metrics = runtime.get("/metrics")[1].decode()
