@@ -70,6 +70,13 @@ def binary_request(inputs: list[dict[str, Any]], blob: bytes) -> tuple[bytes, st
     return header + blob, str(len(header))
 
 
+def binary_bytes_request(name: str, count: int, blob: bytes) -> tuple[bytes, str]:
+    """One BYTES input of `count` elements, sent as `blob` in the binary extension."""
+    params = {"binary_data_size": len(blob)}
+    spec = {"name": name, "datatype": "BYTES", "shape": [count], "parameters": params}
+    return binary_request([spec], blob)
+
+
 def refused(body: bytes, header_length: str | None = None) -> str:
     """decode_request's 400 message for a request it must refuse."""
     with pytest.raises(InvalidInput) as info:
@@ -393,17 +400,7 @@ def test_binary_request_json_header_counts():
 def test_binary_bytes_elements_count_and_are_refused_before_decoding():
     count = 1000
     blob = b"\x05\0\0\0" * count  # truncated elements: decoding them would be a 400
-    body, header_length = binary_request(
-        [
-            {
-                "name": "t",
-                "datatype": "BYTES",
-                "shape": [count],
-                "parameters": {"binary_data_size": len(blob)},
-            }
-        ],
-        blob,
-    )
+    body, header_length = binary_bytes_request("t", count, blob)
     with pytest.raises(PayloadTooLarge, match=f"input 't''s {count} binary BYTES elements"):
         decode_request(body, header_length, int(header_length) + count * BYTES_ELEMENT_COST - 1)
     with pytest.raises(InvalidInput, match="truncated"):  # within the limit: decoded
@@ -672,17 +669,7 @@ def test_gzip_bomb_of_json_is_413_and_the_server_stays_live(runtime):
 def test_many_binary_bytes_elements_are_413_not_decoded(runtime):
     count = JSON_LIMIT // BYTES_ELEMENT_COST + 1
     blob = b"\0\0\0\0" * count  # empty strings: 4 bytes each
-    body, header_length = binary_request(
-        [
-            {
-                "name": "input",
-                "datatype": "BYTES",
-                "shape": [count],
-                "parameters": {"binary_data_size": len(blob)},
-            }
-        ],
-        blob,
-    )
+    body, header_length = binary_bytes_request("input", count, blob)
     status, _, payload = runtime.post(
         INFER, body, {"Inference-Header-Content-Length": header_length}
     )

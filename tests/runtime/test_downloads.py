@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,7 @@ from kindling.runtime.fetch import evict, fetch_model
 from kindling.runtime.model import Model, ModelState
 from kindling.runtime.settings import ConfigError, ModelConfig, ServerSettings
 from tests.conftest import RuntimeProcess, StartRuntime, free_port
+from tests.runtime.origin import LoopbackOrigin, serving
 from tests.runtime.test_fetch import MODEL, leftovers
 
 ALL = ("file", "http", "https", "s3")
@@ -69,44 +70,25 @@ sys.exit(run_app(app, "127.0.0.1", int(sys.argv[1]), 1 << 20, 5.0, 0.2, listenin
 Route = Callable[[BaseHTTPRequestHandler], None]
 
 
-class Origin:
+class Origin(LoopbackOrigin):
     """A loopback HTTP server with scripted routes, counting the GETs of each path."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.routes: dict[str, Route] = {}
-        self.gets: dict[str, int] = {}
-        self.lock = threading.Lock()
         self.stop = threading.Event()
         """Set at teardown: trickles end, gates open."""
         self.gate = threading.Event()
         """Held requests (`held`) answer once this is set."""
         self.arrived = threading.Event()
         """Set when a held request has arrived."""
-        origin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with origin.lock:
-                    origin.gets[self.path] = origin.gets.get(self.path, 0) + 1
-                    route = origin.routes.get(self.path)
-                if route is None:
-                    self.send_error(404)
-                else:
-                    route(self)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def count(self, path: str) -> int:
-        with self.lock:
-            return self.gets.get(path, 0)
+    def answer(self, handler: BaseHTTPRequestHandler, seen: int) -> None:
+        route = self.routes.get(handler.path)
+        if route is None:
+            handler.send_error(404)
+        else:
+            route(handler)
 
     # -- routes --------------------------------------------------------------------------
 
@@ -157,21 +139,15 @@ class Origin:
 
 @pytest.fixture
 def origin(monkeypatch: pytest.MonkeyPatch) -> Iterator[Origin]:
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "*")  # inherited by the runtime processes too
-    monkeypatch.setattr(fetch, "BACKOFF_S", 0.01)
     server = Origin()
-    server.thread.start()
-    with warnings.catch_warnings():
+    with serving(server, monkeypatch), warnings.catch_warnings():
         # urllib's HTTPError responses of refused redirects are reaped by gc, not by us.
         warnings.filterwarnings("ignore", "unclosed", ResourceWarning)
-        yield server
-    server.stop.set()
-    server.gate.set()
-    server.httpd.shutdown()
-    server.httpd.server_close()
-    server.thread.join(5)
+        try:
+            yield server
+        finally:
+            server.stop.set()
+            server.gate.set()
 
 
 def cached(cache: Path, uri: str, sha256: str | None = None) -> Path:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import socket
-import threading
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from kindling.errors import ModelLoadError
 from kindling.runtime import fetch
 from kindling.runtime.fetch import fetch_model
+from tests.runtime.origin import LoopbackOrigin, serving
 
 ALL = ("file", "http", "https", "s3")
 
@@ -33,72 +33,44 @@ def framed(graph: bytes) -> bytes:
 MODEL = framed(b"onnx-bytes" * 6500)  # ~65 KB: more than one socket read
 
 
-class Server:
+class Server(LoopbackOrigin):
     """A loopback HTTP server whose answers per path are scripted: a list of statuses
     consumed one per request (the last repeats); 200 serves MODEL."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.script: dict[str, list[int | str]] = {}
-        self.requests: dict[str, int] = {}
-        self.lock = threading.Lock()
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with server.lock:
-                    n = server.requests.get(self.path, 0)
-                    server.requests[self.path] = n + 1
-                    steps = server.script.get(self.path, [404])
-                    step = steps[min(n, len(steps) - 1)]
-                if step == "truncated":
-                    # Promise the whole model, send a tenth of it, hang up.
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(MODEL)))
-                    self.end_headers()
-                    self.wfile.write(MODEL[: len(MODEL) // 10])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                if step == 200:
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(MODEL)))
-                    self.end_headers()
-                    self.wfile.write(MODEL)
-                    return
-                self.send_error(int(step))
-
-            def log_message(self, *args: object) -> None:  # keep test output clean
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    def count(self, path: str) -> int:
-        with self.lock:
-            return self.requests.get(path, 0)
+    def answer(self, handler: BaseHTTPRequestHandler, seen: int) -> None:
+        steps = self.script.get(handler.path, [404])
+        step = steps[min(seen, len(steps) - 1)]
+        if step == "truncated":
+            # Promise the whole model, send a tenth of it, hang up.
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(MODEL)))
+            handler.end_headers()
+            handler.wfile.write(MODEL[: len(MODEL) // 10])
+            handler.wfile.flush()
+            handler.close_connection = True
+            return
+        if step == 200:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(MODEL)))
+            handler.end_headers()
+            handler.wfile.write(MODEL)
+            return
+        handler.send_error(int(step))
 
 
 @pytest.fixture
 def server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.setattr(fetch, "BACKOFF_S", 0.01)
     srv = Server()
-    srv.thread.start()
     # fetch leaves urllib's HTTPError responses open (see test_http_error_response_is_closed);
     # reap them here so their ResourceWarnings do not fail whichever test runs next.
-    with warnings.catch_warnings():
+    with serving(srv, monkeypatch), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "unclosed", ResourceWarning)
         yield srv
         gc.collect()
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-    srv.thread.join(5)
 
 
 def leftovers(cache: Path) -> list[Path]:
