@@ -47,7 +47,9 @@ MODEL = "mobilenet_v2"
 SHAPE = (1, 3, 224, 224)
 
 
-def binary_request(batch: np.ndarray) -> tuple[bytes, dict[str, str]]:
+def binary_request(batch: np.ndarray, binary_output: bool = True) -> tuple[bytes, dict[str, str]]:
+    """An OIP request for MobileNetV2's `input` in the binary extension; logits come back
+    binary, or as JSON with `binary_output` False."""
     header = json.dumps(
         {
             "inputs": [
@@ -58,7 +60,7 @@ def binary_request(batch: np.ndarray) -> tuple[bytes, dict[str, str]]:
                     "parameters": {"binary_data_size": batch.nbytes},
                 }
             ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": binary_output}}],
         }
     ).encode()
     headers = {

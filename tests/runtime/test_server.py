@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 
 from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.settings import EmbeddingSettings
+from kindling.loadtest.bench_runtime import binary_request
 from kindling.runtime.text import clean_str_sst
 from tests.conftest import SAMPLE_MODELS, RuntimeProcess, launch_runtime
 
@@ -215,27 +216,16 @@ def _held_infer(runtime: RuntimeProcess, x: np.ndarray) -> tuple[socket.socket, 
     """A mobilenet_v2 request routed but not sent: its head went out with `Expect:
     100-continue`, and the 100 says the runtime counts it as arriving. Returns the socket
     and the body still to send."""
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "datatype": "FP32",
-                    "shape": list(x.shape),
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": False}}],
-        }
-    ).encode()
+    body, headers = binary_request(x, binary_output=False)
     sock = socket.create_connection(("127.0.0.1", runtime.port), timeout=60)
     sock.sendall(
         b"POST /v2/models/mobilenet_v2/infer HTTP/1.1\r\nHost: t\r\n"
-        b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n"
-        b"Expect: 100-continue\r\n\r\n" % (len(header), len(header) + x.nbytes)
+        b"Inference-Header-Content-Length: %s\r\nContent-Length: %d\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+        % (headers["Inference-Header-Content-Length"].encode(), len(body))
     )
     assert _read_head(sock) == b"HTTP/1.1 100 Continue"
-    return sock, header + x.tobytes()
+    return sock, body
 
 
 def _logits(sock: socket.socket, rows: int) -> np.ndarray:
