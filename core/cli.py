@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("kindling.modelzoo.cli", "build the sample model repository"),
     "embeddings": ("kindling.embeddings.cli", "load and serve word-vector tables"),
     "loadtest": ("kindling.loadtest.cli", "run the papers' workloads with Locust"),
+    "cluster": ("kindling.cluster.cli", "build and run a test Kubernetes control plane"),
 }
 
 

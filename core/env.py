@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TypeVar
 
 N = TypeVar("N", int, float)
@@ -30,3 +31,10 @@ def env_number(
     if non_negative and value < 0:
         raise error(f"{name}={raw!r} must not be negative")
     return value
+
+
+def cache_root(env: Mapping[str, str]) -> Path:
+    """KINDLING_CACHE_DIR, or ~/.cache/kindling: slow builds (models, cluster tools) live
+    here, outside the repository and keyed by version, so fresh clones reuse them."""
+    root = env.get("KINDLING_CACHE_DIR", "").strip()
+    return Path(root) if root else Path.home() / ".cache" / "kindling"

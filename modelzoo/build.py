@@ -28,6 +28,8 @@ from typing import Any
 import onnx
 import yaml
 
+from kindling.env import cache_root
+
 # Bump on any change to a graph, weights or config written by this package's builders.
 BUILDER_VERSION = "kindling-modelzoo-2"
 STAMP = ".build-stamp"
@@ -380,9 +382,7 @@ class Result:
 
 
 def default_cache() -> Path:
-    root = os.environ.get("KINDLING_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "kindling"
-    return base / "models"
+    return cache_root(os.environ) / "models"
 
 
 def build_one(name: str, out: Path, *, cache: Path | None, force: bool = False) -> Result:

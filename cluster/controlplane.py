@@ -1,0 +1,444 @@
+"""A real Kubernetes control plane as plain processes, for tests and `make cluster`.
+
+etcd, kube-apiserver (TLS, RBAC, service-account token signing), kube-controller-manager,
+kube-scheduler and kwok, which plays the kubelets of three fake nodes (two CPU, one GPU;
+see nodes.py), with Knative Serving's CRDs applied. The same set-up as controller-runtime's
+envtest for the API server, plus the controllers and scheduler that make Deployments turn
+into pods on nodes. Every process and the temporary folder go on `stop()`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kindling.cluster import nodes, pki
+from kindling.cluster.processes import SAFETY_S, Process, free_port, wait_until
+from kindling.cluster.tools import Tools
+
+SERVICE_CIDR = "10.96.0.0/16"  # kubeadm's default; pki.SERVER_IPS holds its first address
+POD_CIDR = "10.244.0.0/16"  # kwok hands pods addresses from here
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+NODE_LEASE_S = 40  # kubelet's default node lease duration, which kwok renews
+
+KNATIVE_NAMESPACE = "knative-serving"
+# Knative resolves image tags to digests at the registry, and no registry is reachable
+# from these machines (nor is any image run: kwok fakes the containers). Tags from these
+# registries are taken as they are; an image by digest never needs resolving.
+SKIP_TAG_RESOLVING = "kind.local,ko.local,dev.local,kindling.local,index.docker.io,ghcr.io"
+QUEUE_PROXY_IMAGE = "kindling.local/queue-proxy@sha256:" + "0" * 64
+# The autoscaler publishes its own address for the activator in an EndpointSlice, which
+# refuses loopback addresses; no activator runs, so an unused address stands in.
+KNATIVE_POD_IP = "10.96.255.254"
+# Ready means leading: the reconcilers a Service needs, and the autoscaler's only bucket.
+KNATIVE_LEASES = frozenset(
+    [
+        *(
+            f"controller.knative.dev.serving.pkg.reconciler.{name}.reconciler.00-of-01"
+            for name in ("service", "configuration", "revision", "serverlessservice", "route")
+        ),
+        "autoscaler-bucket-00-of-01",
+    ]
+)
+
+
+class ControlPlane:
+    def __init__(self, tools: Tools, workdir: Path | None = None, knative: bool = True) -> None:
+        """`knative`: also run Knative Serving's controller and autoscaler, so that a
+        Knative Service becomes a Revision, a PodAutoscaler and a Deployment whose pods
+        kwok runs, and a Revision's min-scale becomes replicas."""
+        self.tools = tools.require()
+        self.knative = knative
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="kindling-cluster-"))
+        self.pki = pki.create(self.workdir / "pki")
+        self.etcd_port = free_port()
+        self.port = free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+        self.kubeconfig = self._write_kubeconfig("admin")
+        self._processes: list[Process] = []
+        self._apiserver: Process | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> ControlPlane:
+        try:
+            self._start_etcd()
+            self._apiserver = self._process("kube-apiserver", self._apiserver_args())
+            self._wait_apiserver()
+            self._start_controller_manager()
+            self._start_scheduler()
+            self._start_kwok()
+            self._register_nodes()
+            self._apply_crds()
+            if self.knative:
+                self._start_knative()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Every process, newest first, then the temporary folder; safe to call twice."""
+        for process in reversed(self._processes):
+            process.stop()
+        self._processes.clear()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again on the same port and etcd; the other
+        components reconnect on their own, as they do after a real API server restart."""
+        assert self._apiserver is not None
+        self._apiserver.stop()
+        self._apiserver.start()
+        self._wait_apiserver()
+
+    def stop_apiserver(self) -> None:
+        """Take the API server away (for fault tests); `start_apiserver` brings it back."""
+        assert self._apiserver is not None
+        self._apiserver.stop()
+
+    def start_apiserver(self) -> None:
+        assert self._apiserver is not None
+        self._apiserver.start()
+        self._wait_apiserver()
+
+    @property
+    def processes(self) -> Sequence[Process]:
+        return tuple(self._processes)
+
+    # -- clients --------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        """The environment for kubectl and helm: this cluster, and helm's state kept out
+        of the user's home."""
+        home = self.workdir / "helm"
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self._run("kubectl", args, input, check)
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self._run("helm", args, None, check)
+
+    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]] | str) -> None:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump_all(_as_list(manifest))
+        self.kubectl("apply", "-f", "-", input=text)
+
+    def api_client(self) -> Any:
+        """A kubernetes.client.ApiClient as the cluster admin (system:masters)."""
+        return self._client(
+            cert_file=str(self.pki.client_cert("admin")),
+            key_file=str(self.pki.client_key("admin")),
+        )
+
+    def service_account_token(self, namespace: str, name: str, seconds: int = 3600) -> str:
+        """A real bound token for the service account, from the TokenRequest API."""
+        from kubernetes import client
+
+        with self.api_client() as api:
+            request = client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)
+            )
+            answer = client.CoreV1Api(api).create_namespaced_service_account_token(
+                name, namespace, request
+            )
+        return str(answer.status.token)
+
+    def service_account_client(self, namespace: str, name: str) -> Any:
+        """An ApiClient that authenticates as system:serviceaccount:<namespace>:<name>."""
+        token = self.service_account_token(namespace, name)
+        return self._client(api_key={"authorization": f"Bearer {token}"})
+
+    def _client(self, **settings: Any) -> Any:
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = self.server
+        configuration.ssl_ca_cert = str(self.pki.ca)
+        for key, value in settings.items():
+            setattr(configuration, key, value)
+        return client.ApiClient(configuration)
+
+    def _run(
+        self, tool: str, args: Sequence[str], input: str | None, check: bool
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(self.tools.bin(tool)), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=SAFETY_S,
+        )
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(
+                proc.returncode, [tool, *args], proc.stdout, proc.stderr
+            )
+        return proc
+
+    # -- the components -------------------------------------------------------------------
+
+    def _process(
+        self, name: str, args: Sequence[str], env: dict[str, str] | None = None
+    ) -> Process:
+        process = Process(
+            name,
+            [str(self.tools.bin(name)), *args],
+            self.workdir / f"{name}.log",
+            {**os.environ, "KUBECONFIG": "", **(env or {})},
+        )
+        process.start()
+        self._processes.append(process)
+        return process
+
+    def _start_etcd(self) -> None:
+        peer = free_port()
+        etcd = self._process(
+            "etcd",
+            [
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",  # a test cluster's data need not survive power loss
+                "--log-level=warn",
+            ],
+        )
+        url = f"http://127.0.0.1:{self.etcd_port}/health"
+        wait_until(lambda: b'"true"' in _get(url), "etcd health", [etcd])
+
+    def _apiserver_args(self) -> list[str]:
+        p = self.pki
+        return [
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.port}",
+            f"--tls-cert-file={p.server_cert}",
+            f"--tls-private-key-file={p.server_key}",
+            f"--client-ca-file={p.ca}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={p.sa_pub}",
+            f"--service-account-signing-key-file={p.sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            # The `kubernetes` Service's endpoints would be the advertise address, and a
+            # loopback address is invalid in Endpoints: the reconciler would only log errors.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            "--shutdown-watch-termination-grace-period=2s",
+        ]
+
+    def _wait_apiserver(self) -> None:
+        assert self._apiserver is not None
+        context = self._tls()
+        url = f"{self.server}/readyz"
+        wait_until(lambda: _get(url, context) == b"ok", "kube-apiserver /readyz", [self._apiserver])
+
+    def _component_args(self, component: str, kubeconfig_user: str) -> tuple[list[str], int]:
+        kubeconfig = self._write_kubeconfig(kubeconfig_user)
+        port = free_port()
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            "--leader-elect=false",  # one of each, and no lease to wait out on restart
+        ], port
+
+    def _start_controller_manager(self) -> None:
+        args, port = self._component_args("kube-controller-manager", "controller-manager")
+        process = self._process(
+            "kube-controller-manager",
+            [
+                *args,
+                # Each controller acts as its own service account, as kubeadm runs it, so
+                # that RBAC applies to the controllers too.
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={self.pki.sa_key}",
+                f"--root-ca-file={self.pki.ca}",
+            ],
+        )
+        self._wait_healthz(process, port)
+
+    def _start_scheduler(self) -> None:
+        args, port = self._component_args("kube-scheduler", "scheduler")
+        self._wait_healthz(self._process("kube-scheduler", args), port)
+
+    def _wait_healthz(self, process: Process, port: int) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # its self-signed serving certificate
+        url = f"https://127.0.0.1:{port}/healthz"
+        wait_until(lambda: _get(url, context) == b"ok", f"{process.name} /healthz", [process])
+
+    def _start_kwok(self) -> None:
+        kubeconfig = self._write_kubeconfig("kwok")
+        port = free_port()
+        process = self._process(
+            "kwok",
+            [
+                f"--kubeconfig={kubeconfig}",
+                f"--config={self.tools.kwok_stages}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector="
+                f"{nodes.KWOK_ANNOTATION}={nodes.KWOK_ANNOTATION_VALUE}",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=127.0.0.1",
+                f"--node-lease-duration-seconds={NODE_LEASE_S}",
+                f"--server-address=127.0.0.1:{port}",
+            ],
+        )
+        wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz") == b"ok", "kwok", [process])
+
+    def _register_nodes(self) -> None:
+        """Create the nodes and wait until the scheduler may use them: kwok has marked each
+        Ready, and the node lifecycle controller has lifted the not-ready taint it puts on
+        every new node (node.kubernetes.io/not-ready:NoSchedule)."""
+        from kubernetes import client
+
+        self.apply(nodes.all_manifests())
+        expected = {*nodes.CPU_NODES, *nodes.GPU_NODES}
+
+        def schedulable() -> bool:
+            with self.api_client() as api:
+                listed = client.CoreV1Api(api).list_node().items
+            return {n.metadata.name for n in listed if _schedulable(n)} == expected
+
+        watched = [p for p in self._processes if p.name in ("kwok", "kube-controller-manager")]
+        wait_until(schedulable, "Ready, untainted kwok nodes", watched)
+
+    def _apply_crds(self) -> None:
+        crds = str(self.tools.crds)
+        self.kubectl("apply", "--server-side", "-f", crds)
+        timeout = f"--timeout={SAFETY_S:.0f}s"
+        self.kubectl("wait", "--for=condition=Established", timeout, "-f", crds)
+
+    def _start_knative(self) -> None:
+        """Knative's namespace and config maps (its release's own, `_example` blocks
+        dropped), then its controller and autoscaler, each ready once it leads."""
+        config = self.tools.knative_config
+        self.kubectl("apply", "-f", str(config / "100-namespace.yaml"))
+        maps = [
+            doc
+            for path in sorted(config.glob("config-*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text())
+            if doc
+        ]
+        for doc in maps:
+            data = doc.setdefault("data", {})
+            data.pop("_example", None)
+            if doc["metadata"]["name"] == "config-deployment":
+                data["queue-sidecar-image"] = QUEUE_PROXY_IMAGE
+                data["registries-skipping-tag-resolving"] = SKIP_TAG_RESOLVING
+        self.apply(maps)
+        watched = []
+        for name in ("knative-controller", "knative-autoscaler"):
+            env = {
+                "SYSTEM_NAMESPACE": KNATIVE_NAMESPACE,
+                "POD_NAME": f"{name}-0",
+                "POD_IP": KNATIVE_POD_IP,
+                "CONFIG_LOGGING_NAME": "config-logging",
+                "CONFIG_OBSERVABILITY_NAME": "config-observability",
+                "METRICS_DOMAIN": "knative.dev/internal/serving",
+                # Their default listeners (8008, 9090) would collide with each other.
+                "PROFILING_PORT": str(free_port()),
+                "METRICS_PROMETHEUS_PORT": str(free_port()),
+            }
+            watched.append(self._process(name, [f"--kubeconfig={self.kubeconfig}"], env))
+
+        def leading() -> bool:
+            from kubernetes import client
+
+            with self.api_client() as api:
+                leases = client.CoordinationV1Api(api).list_namespaced_lease(KNATIVE_NAMESPACE)
+            held = {lease.metadata.name for lease in leases.items if lease.spec.holder_identity}
+            return KNATIVE_LEASES <= held
+
+        wait_until(leading, "Knative's controller and autoscaler leading", watched)
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        context.load_cert_chain(self.pki.client_cert("admin"), self.pki.client_key("admin"))
+        return context
+
+    def _write_kubeconfig(self, user: str) -> Path:
+        path = self.workdir / f"{user}.kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "kindling",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority": str(self.pki.ca),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate": str(self.pki.client_cert(user)),
+                        "client-key": str(self.pki.client_key(user)),
+                    },
+                }
+            ],
+            "contexts": [{"name": "kindling", "context": {"cluster": "kindling", "user": user}}],
+            "current-context": "kindling",
+        }
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
+        return path
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> bytes:
+    # No proxy from the environment: these are loopback health checks.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    with opener.open(url, timeout=5) as response:
+        return bytes(response.read())
+
+
+def _schedulable(node: Any) -> bool:
+    ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+    lifecycle = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+    return ready and not any(t.key in lifecycle for t in node.spec.taints or [])
+
+
+def _as_list(manifest: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return manifest if isinstance(manifest, list) else [manifest]

@@ -1,0 +1,335 @@
+"""The control plane's binaries and manifests, built from the Go module proxy and cached.
+
+`build()` fills `$KINDLING_CACHE_DIR/cluster/<versions.key()>/`:
+
+    bin/      etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm
+    crds/     the Knative Serving CRDs (serving, networking and caching modules)
+    knative/  Knative Serving's namespace and config maps, for its controller and autoscaler
+    kwok/stages.yaml   kwok's fast node and pod stages, from the kwok module
+    BUILT     versions and seconds per step; written last, so its presence means complete
+
+The folder is built beside its final name and renamed into place, under an flock(2), so
+two test runs never build at once and a killed build leaves nothing that looks complete.
+A present folder costs nothing: `build()` returns before touching Go.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kindling.cluster import versions
+from kindling.env import cache_root
+
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "helm",
+    "knative-controller",
+    "knative-autoscaler",
+)
+KUBERNETES_COMMANDS = BINARIES[1:5]
+STAMP = "BUILT"
+BUILD_HINT = "make cluster-tools  (or: .venv/bin/kindling cluster build)"
+
+# The Knative CRDs: serving's own are plain files in config/core/300-resources; the rest
+# are symlinks there into knative.dev/networking and knative.dev/caching, and the module
+# zip drops symlinks, so they are taken from those modules' config/ folders.
+NETWORKING_CRDS = (
+    "certificate.yaml",
+    "domain-claim.yaml",
+    "ingress.yaml",
+    "serverlessservice.yaml",
+)
+CACHING_CRDS = ("image.yaml",)
+
+# kwok's default stages (what kwokctl loads): nodes initialize and heartbeat through a
+# Lease; pods become Running and Ready, complete, and are deleted when asked.
+KWOK_STAGES = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
+
+
+class ToolsMissing(RuntimeError):
+    """The cached tools are not built: the message says how to build them."""
+
+
+@dataclass(frozen=True)
+class Tools:
+    root: Path
+
+    @property
+    def crds(self) -> Path:
+        return self.root / "crds"
+
+    @property
+    def knative_config(self) -> Path:
+        return self.root / "knative"
+
+    @property
+    def kwok_stages(self) -> Path:
+        return self.root / "kwok" / "stages.yaml"
+
+    def bin(self, name: str) -> Path:
+        return self.root / "bin" / name
+
+    def missing(self) -> list[str]:
+        if not (self.root / STAMP).is_file():
+            return [f"{self.root} (not built)"]
+        return [name for name in BINARIES if not os.access(self.bin(name), os.X_OK)]
+
+    def require(self) -> Tools:
+        missing = self.missing()
+        if missing:
+            raise ToolsMissing(
+                f"cluster tools missing: {', '.join(missing)}. Build them (the first time "
+                f"takes about 10 minutes on 2 cores, then they are cached): {BUILD_HINT}"
+            )
+        return self
+
+    def manifest(self) -> dict[str, object]:
+        return json.loads((self.root / STAMP).read_text())
+
+
+def locate(env: Mapping[str, str] | None = None) -> Tools:
+    return Tools(cache_root(os.environ if env is None else env) / "cluster" / versions.key())
+
+
+def build(env: Mapping[str, str] | None = None, log: Callable[[str], None] = print) -> Tools:
+    """The tools for the pinned versions, built first if the cache lacks them."""
+    tools = locate(env)
+    if not tools.missing():
+        return tools
+    tools.root.parent.mkdir(parents=True, exist_ok=True)
+    with open(tools.root.parent / ".build.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another process is building the cluster tools; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tools.missing():  # built by the holder we waited for
+            return tools
+        shutil.rmtree(tools.root, ignore_errors=True)  # incomplete: no stamp
+        work = Path(tempfile.mkdtemp(prefix=f".{tools.root.name}.", dir=tools.root.parent))
+        try:
+            steps = _build_into(work, log)
+            stamp = {"versions": versions.ALL, "seconds": steps, "built": time.time()}
+            (work / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+            work.rename(tools.root)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return tools.require()
+
+
+def _build_into(out: Path, log: Callable[[str], None]) -> dict[str, float]:
+    go = shutil.which("go")
+    if go is None:
+        raise ToolsMissing("the cluster tools are built with Go (1.26): `go` is not on PATH")
+    (out / "bin").mkdir()
+    steps: dict[str, float] = {}
+    src = out / "src"
+    for name, step in (
+        ("kubernetes", _kubernetes),
+        ("etcd", _etcd),
+        ("kwok", _kwok),
+        ("helm", _helm),
+        ("knative", _knative),
+    ):
+        log(f"cluster tools: {name} ...")
+        start = time.monotonic()
+        step(_Go(go, src / name, src / "gocache"), out)
+        steps[name] = round(time.monotonic() - start, 1)
+        log(f"cluster tools: {name} done in {steps[name]:.0f} s")
+    shutil.rmtree(src, ignore_errors=True)
+    return steps
+
+
+class _Go:
+    """`go` in one scratch module folder, with a reproducible environment."""
+
+    def __init__(self, go: str, workdir: Path, gocache: Path) -> None:
+        self.go = go
+        self.workdir = workdir
+        workdir.mkdir(parents=True)
+        # Static binaries (no cgo, as Kubernetes' own release builds); the machine's Go,
+        # never a downloaded toolchain; no go.work from a parent folder.
+        self.env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOWORK": "off"}
+        # A build cache of its own, removed with the scratch folder: it grows to ~6 GB
+        # and is useless once the binaries exist (a version change rebuilds them all).
+        # Modules still come through the machine's module cache (~3 GB, shared).
+        self.env["GOCACHE"] = str(gocache)
+        self.env.pop("GOFLAGS", None)
+
+    def __call__(self, *args: str) -> str:
+        proc = subprocess.run(
+            [self.go, *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"go {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+        return proc.stdout
+
+    def module(self, path: str, version: str) -> tuple[Path, str]:
+        """A module's extracted folder and its go.mod text."""
+        info = json.loads(self("mod", "download", "-json", f"{path}@{version}"))
+        return Path(info["Dir"]), Path(info["GoMod"]).read_text()
+
+    def write(self, name: str, text: str) -> None:
+        (self.workdir / name).write_text(text)
+
+
+def _kubernetes(go: _Go, out: Path) -> None:
+    """kube-apiserver, kube-controller-manager, kube-scheduler and kubectl.
+
+    k8s.io/kubernetes replaces its ~30 staging modules with ./staging paths, which only
+    work inside its own repository; a wrapper module replaces each with its release
+    (v1.35.4 -> v0.35.4) instead."""
+    major, minor, patch = versions.KUBERNETES.lstrip("v").split(".")
+    _, gomod = go.module("k8s.io/kubernetes", versions.KUBERNETES)
+    staging = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", gomod, re.MULTILINE)
+    if not staging:
+        raise RuntimeError("k8s.io/kubernetes' go.mod names no staging modules")
+    lines = [f"require k8s.io/kubernetes {versions.KUBERNETES}", ""]
+    lines += [f"replace {module} => {module} v0.{minor}.{patch}" for module in staging]
+    go.write("go.mod", "module kindling.local/kubernetes\n\ngo 1.25\n\n" + "\n".join(lines) + "\n")
+    imports = "\n".join(f'\t_ "k8s.io/kubernetes/cmd/{cmd}"' for cmd in KUBERNETES_COMMANDS)
+    go.write("tools.go", f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
+    go("mod", "tidy")
+    # Unstamped binaries report v0.0.0-master, which fails Knative's minimum-version check.
+    stamp = {"gitVersion": versions.KUBERNETES, "gitMajor": major, "gitMinor": minor}
+    stamp |= {"gitTreeState": "clean", "buildDate": "1970-01-01T00:00:00Z"}
+    ldflags = ["-s", "-w"]
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        ldflags += [f"-X {package}.{name}={value}" for name, value in stamp.items()]
+    commands = [f"k8s.io/kubernetes/cmd/{cmd}" for cmd in KUBERNETES_COMMANDS]
+    go("build", "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(out / "bin"), *commands)
+
+
+def _etcd(go: _Go, out: Path) -> None:
+    """etcd's main package lives in the repository's root module, whose go.mod replaces
+    the other etcd modules with relative paths; a wrapper calls etcdmain the same way."""
+    go.write("go.mod", "module kindling.local/etcd\n\ngo 1.25\n")
+    go.write(
+        "main.go",
+        'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+        "func main() { etcdmain.Main(os.Args) }\n",
+    )
+    go("get", f"go.etcd.io/etcd/server/v3@{versions.ETCD}")
+    go("mod", "tidy")
+    go("build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "bin" / "etcd"), ".")
+
+
+def _go_install(go: _Go, out: Path, package: str, ldflags: str) -> None:
+    go.env["GOBIN"] = str(out / "bin")
+    go("install", "-trimpath", "-ldflags", ldflags, package)
+
+
+def _kwok(go: _Go, out: Path) -> None:
+    _go_install(go, out, f"sigs.k8s.io/kwok/cmd/kwok@{versions.KWOK}", "-s -w")
+    module, _ = go.module("sigs.k8s.io/kwok", versions.KWOK)
+    (out / "kwok").mkdir()
+    docs = [(module / stage).read_text().strip() for stage in KWOK_STAGES]
+    (out / "kwok" / "stages.yaml").write_text("\n---\n".join(docs) + "\n")
+
+
+def _helm(go: _Go, out: Path) -> None:
+    stamp = f"-s -w -X helm.sh/helm/v4/internal/version.version={versions.HELM}"
+    _go_install(go, out, f"helm.sh/helm/v4/cmd/helm@{versions.HELM}", stamp)
+
+
+# Knative's controller and autoscaler run as plain processes beside each other, where in a
+# cluster each has a pod (and a network namespace) of its own. Two of their listeners are
+# fixed in code and would collide, there and with anything else on the machine: the
+# controller's health probes (:8080, knative.dev/pkg sharedmain) and the autoscaler's stats
+# server (:8080, a constant in its main.go). Each main package is copied into the wrapper
+# module (`go build -overlay` may not replace files in the module cache) with one line
+# changed: probes off (the API server is its health check here) and the stats server on
+# a free loopback port (only the activator dials it, and no activator runs). A line that
+# is no longer there fails the build, not the tests.
+KNATIVE_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "knative-controller": (
+        "cmd/controller/main.go",
+        "ctx := signals.NewContext()",
+        "ctx := sharedmain.WithHealthProbesDisabled(signals.NewContext())",
+    ),
+    "knative-autoscaler": (
+        "cmd/autoscaler/main.go",
+        'statsServerAddr = ":8080"',
+        'statsServerAddr = "127.0.0.1:0"',
+    ),
+}
+
+
+def _knative(go: _Go, out: Path) -> None:
+    """Knative Serving's CRDs, config maps, controller and autoscaler, at one release."""
+    serving, gomod = go.module("knative.dev/serving", versions.KNATIVE_SERVING)
+    crds = out / "crds"
+    crds.mkdir()
+    for path in sorted((serving / "config" / "core" / "300-resources").glob("*.yaml")):
+        shutil.copyfile(path, crds / f"serving-{path.name}")
+    config = out / "knative"
+    config.mkdir()
+    shutil.copyfile(
+        serving / "config" / "core" / "100-namespace.yaml", config / "100-namespace.yaml"
+    )
+    for path in sorted((serving / "config" / "core" / "configmaps").glob("*.yaml")):
+        shutil.copyfile(path, config / f"config-{path.name}")
+    for dependency, names in (("networking", NETWORKING_CRDS), ("caching", CACHING_CRDS)):
+        match = re.search(rf"^\s*knative\.dev/{dependency}\s+(\S+)", gomod, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"knative.dev/serving's go.mod does not require {dependency}")
+        folder, _ = go.module(f"knative.dev/{dependency}", match.group(1))
+        for name in names:
+            shutil.copyfile(folder / "config" / name, crds / f"{dependency}-{name}")
+        if dependency == "networking":
+            shutil.copyfile(
+                folder / "config" / "config-network.yaml", config / "config-network.yaml"
+            )
+
+    go.write("go.mod", "module kindling.local/knative\n\ngo 1.25\n")
+    imports = "\n".join(
+        f'\t_ "knative.dev/serving/{Path(f).parent}"' for f, _, _ in KNATIVE_COMMANDS.values()
+    )
+    go.write("tools.go", f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
+    go("get", f"knative.dev/serving@{versions.KNATIVE_SERVING}")
+    go("mod", "tidy")
+    for binary, (file, old, new) in KNATIVE_COMMANDS.items():
+        package = go.workdir / "cmd" / binary
+        package.mkdir(parents=True)
+        for source in (serving / file).parent.glob("*.go"):
+            if not source.name.endswith("_test.go"):
+                shutil.copyfile(source, package / source.name)
+        main = package / Path(file).name
+        text = main.read_text()
+        if old not in text:
+            raise RuntimeError(f"knative.dev/serving {file} no longer has {old!r}: see tools.py")
+        main.write_text(text.replace(old, new, 1))
+        go(
+            "build",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(out / "bin" / binary),
+            f"./cmd/{binary}",
+        )

@@ -1,0 +1,49 @@
+"""Every version the test control plane is built from, pinned here and nowhere else.
+
+The cache folder is named after these (`KEY`), so changing any one rebuilds the tools and
+leaves the old folder for `rm -rf` (they are not garbage-collected).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# Knative Serving 1.23 (knative.dev/serving v0.50.0; Knative 1.x is serving v0.(x+27)).
+# 1.21 or later: knative/serving#16186 made a Revision's min-scale mutable in place, which
+# the pre-warm controller relies on. 1.24 (v0.51.0) would be newer, but the module proxy
+# serves neither its knative.dev/networking nor its knative.dev/caching pseudo-version,
+# and those hold four of the CRDs. The networking and caching versions are read from
+# serving's own go.mod, so they are not pinned twice.
+KNATIVE_SERVING = "v0.50.0"
+
+# Kubernetes 1.35: serving v0.50.0 is built against client-go v0.35 and knative.dev/pkg's
+# minimum is v1.33.0. The staging modules (k8s.io/api, ...) are released as v0.35.4.
+KUBERNETES = "v1.35.4"
+
+# etcd 3.6 pairs with Kubernetes 1.35 (kubeadm's DefaultEtcdVersion there is 3.6.6); the
+# newest 3.6 patch the proxy serves.
+ETCD = "v3.6.16"
+
+# kwok plays the kubelets; its fast node and pod stages come from the same module.
+KWOK = "v0.8.0"
+
+# helm v4, built with `go install` like the rest: one toolchain, one cache, one pin list.
+HELM = "v4.3.2"
+
+ALL: dict[str, str] = {
+    "kubernetes": KUBERNETES,
+    "etcd": ETCD,
+    "kwok": KWOK,
+    "helm": HELM,
+    "knative-serving": KNATIVE_SERVING,
+}
+
+# Bumped when the way the tools are built changes, not only what they are built from.
+BUILD_RECIPE = "3"
+
+
+def key() -> str:
+    """The cache folder's name: readable versions plus a hash of everything pinned."""
+    pins = ",".join(f"{name}={version}" for name, version in sorted(ALL.items()))
+    digest = hashlib.sha256(f"{pins};recipe={BUILD_RECIPE}".encode()).hexdigest()[:8]
+    return f"k8s-{KUBERNETES}-knative-{KNATIVE_SERVING}-{digest}"

@@ -1,0 +1,80 @@
+"""The cluster tier: one real control plane (kindling.cluster) for the whole session.
+
+Its tools are built by `make cluster-tools` (which `make test` runs first). When they are
+missing, every cluster test fails with the command that builds them: this tier never
+skips.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from kindling.cluster import tools
+from kindling.cluster.controlplane import ControlPlane
+
+SAFETY_S = 120  # a safety net on waits that end in seconds; never a measure of speed
+
+
+@pytest.fixture(scope="session")
+def cluster_tools() -> tools.Tools:
+    try:
+        return tools.locate().require()
+    except tools.ToolsMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_tools: tools.Tools) -> Iterator[ControlPlane]:
+    with ControlPlane(cluster_tools) as plane:
+        yield plane
+
+
+@pytest.fixture
+def api(cluster: ControlPlane) -> Iterator[Any]:
+    with cluster.api_client() as client:
+        yield client
+
+
+@pytest.fixture
+def namespace(cluster: ControlPlane) -> Iterator[str]:
+    """A fresh namespace per test, deleted after it (without waiting for finalizers)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def watch_until(
+    list_call: Callable[..., Any], done: Callable[[list[Any]], bool], **kwargs: Any
+) -> list[Any]:
+    """Watch a list call (`CoreV1Api.list_namespaced_pod`, ...) until `done(items)`: the
+    items as they are now, kept current from the watch events. Waits on the API server's
+    events, not on a clock; SAFETY_S only ends a wait that went wrong."""
+    from kubernetes import watch
+
+    initial = list_call(**kwargs)
+    items = {item.metadata.uid: item for item in initial.items}
+    if done(list(items.values())):
+        return list(items.values())
+    stream = watch.Watch()
+    for event in stream.stream(
+        list_call,
+        resource_version=initial.metadata.resource_version,
+        timeout_seconds=SAFETY_S,
+        **kwargs,
+    ):
+        obj = event["object"]
+        if event["type"] == "DELETED":
+            items.pop(obj.metadata.uid, None)
+        else:
+            items[obj.metadata.uid] = obj
+        if done(list(items.values())):
+            stream.stop()
+            return list(items.values())
+    raise AssertionError(
+        f"not done after {SAFETY_S} s: {[i.metadata.name for i in items.values()]}"
+    )
