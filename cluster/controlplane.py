@@ -75,11 +75,14 @@ class ControlPlane:
             self._start_etcd()
             self._apiserver = self._process("kube-apiserver", self._apiserver_args())
             self._wait_apiserver()
+            # CRDs before the controller manager: its garbage collector learns the kinds
+            # to watch at start and then only every 30 s (discovery), so a Knative object
+            # deleted before then would wait that long for its dependents to go.
+            self._apply_crds()
             self._start_controller_manager()
             self._start_scheduler()
             self._start_kwok()
             self._register_nodes()
-            self._apply_crds()
             if self.knative:
                 self._start_knative()
         except BaseException:

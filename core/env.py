@@ -37,4 +37,15 @@ def cache_root(env: Mapping[str, str]) -> Path:
     """KINDLING_CACHE_DIR, or ~/.cache/kindling: slow builds (models, cluster tools) live
     here, outside the repository and keyed by version, so fresh clones reuse them."""
     root = env.get("KINDLING_CACHE_DIR", "").strip()
-    return Path(root) if root else Path.home() / ".cache" / "kindling"
+    return Path(root) if root else default_cache_root()
+
+
+def default_cache_root() -> Path:
+    """~/.cache/kindling, or a folder under the temp dir for a user with no home: an image
+    run as a bare numeric UID has no passwd entry, and then Path.home() raises."""
+    try:
+        return Path.home() / ".cache" / "kindling"
+    except RuntimeError:
+        import tempfile  # not at the top: the runtime imports this module on cold start
+
+        return Path(tempfile.gettempdir()) / "kindling-cache"

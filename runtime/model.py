@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kindling.env import default_cache_root
 from kindling.errors import InferenceError, InvalidInput, KindlingError, ModelLoadError
 from kindling.runtime.buckets import BucketedSession
 from kindling.runtime.codec import DTYPES
@@ -38,7 +39,6 @@ ORT_TYPES: dict[str, type] = {
 # Length given to dynamic non-batch dimensions of the warm-up input: long enough for the
 # widest text-CNN filter (5, Severyn & Moschitti 2015), short enough to cost nothing.
 WARMUP_DYNAMIC_DIM = 16
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "kindling"
 
 
 class ModelState(enum.Enum):
@@ -82,7 +82,7 @@ class Model:
                 self._path = fetch_model(
                     self.config.model_uri,
                     settings.uri_schemes,
-                    settings.cache_dir or DEFAULT_CACHE_DIR,
+                    settings.cache_dir or default_cache_root(),
                     settings.download_timeout_s,
                     self.config.model_sha256,
                     settings.model_uri_root,
@@ -126,7 +126,7 @@ class Model:
     ) -> None:
         path = self._path
         assert path is not None, "fetch() runs before load()"
-        cache_dir = settings.cache_dir or DEFAULT_CACHE_DIR
+        cache_dir = settings.cache_dir or default_cache_root()
         from kindling.runtime.preprocess import make_preprocessor
         from kindling.runtime.session import choose_providers, create_session, optimized_path
 

@@ -20,6 +20,10 @@ from pathlib import Path
 
 import pytest
 
+# The cluster tier's fixtures (`cluster`, `cluster_tools`, `api`, `namespace`): one
+# control plane per session for every folder that asks for it.
+pytest_plugins = ["tests.cluster.fixtures"]
+
 SAMPLE_MODELS = ("kim_cnn", "sm_cnn", "mobilenet_v2", "squeezenet1_1", "resnet18", "minilm")
 
 # -- skips ------------------------------------------------------------------------------

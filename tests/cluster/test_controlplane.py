@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from kindling.cluster import nodes
 from kindling.cluster.controlplane import ControlPlane
 from kindling.cluster.processes import wait_until
-from tests.cluster.conftest import SAFETY_S, watch_until
+from tests.cluster.fixtures import SAFETY_S, watch_until
 
 pytestmark = pytest.mark.cluster
 
@@ -97,8 +97,11 @@ def test_a_deployment_becomes_ready_pods_with_service_endpoints(
         label_selector="kubernetes.io/service-name=web",
     )
     assert slices
-    available = client.AppsV1Api(api).read_namespaced_deployment("web", namespace)
-    assert available.status.ready_replicas == 2
+    # The Deployment controller counts the same pods a moment later.
+    cluster.kubectl(
+        "wait", "--for=jsonpath={.status.readyReplicas}=2", "deployment/web", "-n", namespace,
+        f"--timeout={SAFETY_S}s",
+    )  # fmt: skip
 
 
 def test_gpu_pods_land_on_the_gpu_node_and_no_others_do(

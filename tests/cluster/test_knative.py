@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 
 from kindling.cluster.controlplane import ControlPlane
-from tests.cluster.conftest import SAFETY_S, watch_until
+from tests.cluster.fixtures import SAFETY_S, watch_until
 
 pytestmark = pytest.mark.cluster
 

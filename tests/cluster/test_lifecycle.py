@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_a_failed_start_stops_what_it_started(cluster_tools: tools.Tools, tmp_pa
     broken = tmp_path / "tools"
     broken.mkdir()
     (broken / "bin").symlink_to(cluster_tools.root / "bin")
-    (broken / "crds").symlink_to(cluster_tools.crds)
+    shutil.copytree(cluster_tools.crds, broken / "crds")  # kubectl walks no symlinked folder
     (broken / "kwok").mkdir()
     (broken / "kwok" / "stages.yaml").write_text("apiVersion: kwok.x-k8s.io/v1alpha1\nkind: [")
     (broken / tools.STAMP).write_text(json.dumps({"broken": True}))

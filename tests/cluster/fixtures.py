@@ -1,4 +1,6 @@
-"""The cluster tier: one real control plane (kindling.cluster) for the whole session.
+"""The cluster tier: one real control plane (kindling.cluster) for the whole session,
+shared by every folder that needs it (a plugin: tests/conftest.py names it in
+pytest_plugins, so there is one session fixture, not one per conftest).
 
 Its tools are built by `make cluster-tools` (which `make test` runs first). When they are
 missing, every cluster test fails with the command that builds them: this tier never
@@ -8,7 +10,7 @@ skips.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -78,3 +80,17 @@ def watch_until(
     raise AssertionError(
         f"not done after {SAFETY_S} s: {[i.metadata.name for i in items.values()]}"
     )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test on the control plane carries the tail of every component's log, so a
+    CI failure can be read without the (removed) folder."""
+    report = yield
+    plane = getattr(item, "funcargs", {}).get("cluster")
+    if report.failed and isinstance(plane, ControlPlane):
+        for process in plane.processes:
+            report.sections.append((f"{process.name} log (tail)", process.tail(15)))
+    return report

@@ -1,0 +1,198 @@
+{{/* The parts of a runtime pod that Knative Services and raw Deployments share. */}}
+
+{{/* kindling.runtime.podLabels: a model's pod labels: its selector labels, runtime.podLabels and its own podLabels. */}}
+{{- define "kindling.runtime.podLabels" -}}
+{{ include "kindling.model.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+{{- with mergeOverwrite (deepCopy .root.Values.runtime.podLabels) .model.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* kindling.runtime.podAnnotations: scrape annotations, checksums of what the pod reads (so it rolls when they change), runtime.podAnnotations and the model's own. */}}
+{{- define "kindling.runtime.podAnnotations" -}}
+{{- if .root.Values.metrics.enabled }}
+prometheus.io/scrape: "true"
+prometheus.io/port: "8080"
+prometheus.io/path: /metrics
+{{- end }}
+{{- if .model.modelUri }}
+checksum/model-config: {{ include "kindling.model.config" . | sha256sum }}
+{{- end }}
+{{- if and .model.embeddingTable (include "kindling.redis.checksum" .root) }}
+checksum/redis-secret: {{ include "kindling.redis.checksum" .root }}
+{{- end }}
+{{- with mergeOverwrite (deepCopy .root.Values.runtime.podAnnotations) .model.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* kindling.runtime.container: the runtime container of a model; takes (dict "root" $ "model" . "knative" bool). */}}
+{{- define "kindling.runtime.container" -}}
+{{- $root := .root -}}
+{{- $model := .model -}}
+{{- $settings := deepCopy $root.Values.runtime.settings -}}
+{{- include "kindling.deepSet" (dict "dst" $settings "src" $model.settings) -}}
+{{- $resources := deepCopy $model.resources -}}
+{{- if $model.gpu -}}
+{{- $limits := $resources.limits | default dict -}}
+{{- $_ := set $limits $root.Values.gpuPool.resourceName (int $root.Values.gpuPool.gpusPerPod) -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+- name: runtime
+  image: {{ include "kindling.model.image" . }}
+  imagePullPolicy: {{ $root.Values.runtime.image.pullPolicy }}
+  command: ["kindling", "serve"]
+  ports:
+    # Knative's runtime contract names the port for its protocol (http1) and passes it
+    # in $PORT; the runtime reads $PORT, then defaults to 8080.
+    - name: {{ ternary "http1" "http" .knative }}
+      containerPort: 8080
+      protocol: TCP
+  env:
+    - name: KINDLING_MODEL_REPOSITORY
+      value: {{ include "kindling.model.repository" . | quote }}
+    - name: KINDLING_MODELS
+      value: {{ $model.name | quote }}
+    - name: KINDLING_CACHE_DIR
+      value: {{ $root.Values.runtime.cacheDir | quote }}
+    {{- with $model.threads }}
+    - name: KINDLING_THREADS
+      value: {{ include "kindling.number" . | quote }}
+    {{- end }}
+    {{- with include "kindling.settingsEnv" (dict "values" $settings "names" (include "kindling.runtimeSettingNames" $root | fromYaml)) | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
+    {{- if $model.embeddingTable }}
+    {{- with include "kindling.redis.env" $root | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
+    {{- end }}
+    {{- if hasPrefix "s3://" $model.modelUri }}
+    {{- with $root.Values.runtime.s3 }}
+    {{- if .endpoint }}
+    - name: AWS_ENDPOINT_URL
+      value: {{ .endpoint | quote }}
+    {{- end }}
+    {{- if .region }}
+    - name: AWS_REGION
+      value: {{ .region | quote }}
+    {{- end }}
+    {{- if .existingSecret }}
+    - name: AWS_ACCESS_KEY_ID
+      valueFrom:
+        secretKeyRef:
+          name: {{ .existingSecret }}
+          key: {{ .accessKeyIdKey }}
+    - name: AWS_SECRET_ACCESS_KEY
+      valueFrom:
+        secretKeyRef:
+          name: {{ .existingSecret }}
+          key: {{ .secretAccessKeyKey }}
+    {{- end }}
+    {{- end }}
+    {{- end }}
+    {{- with $root.Values.runtime.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with $model.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  resources:
+    {{- toYaml $resources | nindent 4 }}
+  # Ready once the model is loaded and can serve (a text model: its table is in the store).
+  # No periodSeconds under Knative: unset (0), the queue-proxy probes "aggressively", many
+  # times a second, while the pod starts, which is what a cold start needs (knative.dev,
+  # "Configuring Probing"); Knative fills in the port itself.
+  readinessProbe:
+    httpGet:
+      path: /v2/health/ready
+      {{- if not .knative }}
+      port: http
+      {{- end }}
+    {{- if not .knative }}
+    periodSeconds: 2
+    {{- end }}
+  livenessProbe:
+    httpGet:
+      path: /v2/health/live
+      {{- if not .knative }}
+      port: http
+      {{- end }}
+    periodSeconds: 10
+    failureThreshold: 3
+  securityContext:
+    {{- toYaml $root.Values.runtime.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    - name: cache
+      mountPath: {{ $root.Values.runtime.cacheDir }}
+    {{- if $model.modelUri }}
+    - name: model-config
+      mountPath: {{ include "kindling.model.repository" . }}
+      readOnly: true
+    {{- end }}
+{{- end -}}
+
+{{/* kindling.runtime.podSpec: scheduling, volumes and pull secrets of a model's pod (no containers). */}}
+{{- define "kindling.runtime.podSpec" -}}
+{{- $root := .root -}}
+{{- $model := .model -}}
+{{- $pool := $root.Values.gpuPool -}}
+automountServiceAccountToken: {{ $root.Values.runtime.automountServiceAccountToken }}
+# No Docker-link variables for every Service in the namespace (Knative's default too).
+enableServiceLinks: false
+{{- with $root.Values.runtime.serviceAccountName }}
+serviceAccountName: {{ . }}
+{{- end }}
+{{- include "kindling.imagePullSecrets" $root }}
+{{- $nodeSelector := deepCopy $model.nodeSelector }}
+{{- if $model.gpu }}
+{{- $nodeSelector = mergeOverwrite $nodeSelector $pool.nodeSelector }}
+{{- end }}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- $tolerations := $model.tolerations }}
+{{- if $model.gpu }}
+{{- $tolerations = concat $tolerations $pool.tolerations }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if $model.affinity }}
+affinity:
+  {{- toYaml $model.affinity | nindent 2 }}
+{{- else if and (not $model.gpu) $pool.keepCpuModelsOff $pool.nodeSelector }}
+# Off the GPU pool: a CPU model must not take a GPU node's room.
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms:
+        - matchExpressions:
+            {{- range $key, $value := $pool.nodeSelector }}
+            - key: {{ $key }}
+              operator: NotIn
+              values: [{{ $value | quote }}]
+            {{- end }}
+{{- end }}
+{{- if and $model.gpu $pool.runtimeClassName }}
+runtimeClassName: {{ $pool.runtimeClassName }}
+{{- end }}
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: {{ $root.Values.runtime.tmpSizeLimit }}
+  {{- include "kindling.cacheVolume" $root | nindent 2 }}
+  {{- if $model.modelUri }}
+  - name: model-config
+    configMap:
+      name: {{ include "kindling.model.name" . }}-model
+      items:
+        - key: config.yaml
+          path: {{ $model.name }}/config.yaml
+  {{- end }}
+{{- end -}}

@@ -1,0 +1,754 @@
+"""The chart rendered with each values file of tests/charts/values: every object valid for
+Kubernetes 1.35 or Knative 1.23's CRDs, and what each option promises, read off the
+rendered objects. No cluster: `helm lint` and `helm template` only."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from kindling.embeddings.cli import _parser as embeddings_parser
+from kindling.embeddings.settings import EmbeddingSettings, parse_store_url
+from kindling.runtime.coldstart import ColdStartTimeline
+from kindling.runtime.settings import ModelConfig, ServerSettings
+from kindling.runtime.telemetry import RuntimeMetrics
+from tests.charts.render import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    VALUES,
+    Helm,
+    by_kind,
+    containers,
+    env,
+    is_knative,
+    named,
+    pod_template,
+    selects,
+    validate,
+)
+
+# helm runs as a real process.
+pytestmark = pytest.mark.integration
+
+VALUES_FILES = sorted(p.name for p in VALUES.glob("*.yaml"))
+SAMPLES = ["kim_cnn", "sm_cnn", "mobilenet_v2", "squeezenet1_1", "resnet18", "minilm"]
+MIN_SCALE = "autoscaling.knative.dev/min-scale"
+GPU = "nvidia.com/gpu"
+
+
+@pytest.fixture(scope="module")
+def render(helm: Helm) -> Any:
+    """render(*values files, sets=..., extra=...) -> objects, each rendering done once."""
+    return functools.cache(
+        lambda *values, sets=(), extra=(): helm.template(*values, sets=sets, extra=extra)
+    )
+
+
+def runtimes(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """model name -> the object that runs it (a Knative Service or a Deployment)."""
+    return {
+        o["metadata"]["labels"]["kindling.dev/model"]: o
+        for o in objects
+        if pod_template(o)
+        and o["metadata"]["labels"].get("app.kubernetes.io/component") == "runtime"
+    }
+
+
+def runtime_container(obj: dict[str, Any]) -> dict[str, Any]:
+    (container,) = obj["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_helm_lint(helm: Helm, values: str) -> None:
+    out = helm.run("lint", "--strict", str(CHART), "--values", str(VALUES / values)).stdout
+    assert "0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_every_object_is_valid_for_kubernetes_or_knative(
+    render: Any, crds: Path, values: str
+) -> None:
+    objects = render(values)
+    assert objects
+    for obj in objects:
+        validate(obj, crds)
+        metadata = obj["metadata"]
+        # Namespaced explicitly, labelled as the release's: what `helm uninstall` and the
+        # cluster test's leftover check look for.
+        assert metadata["namespace"] == NAMESPACE, metadata["name"]
+        assert metadata["labels"]["app.kubernetes.io/instance"] == RELEASE, metadata["name"]
+
+
+def test_the_validators_refuse_unknown_fields_and_wrong_types(render: Any, crds: Path) -> None:
+    """Not vacuous: a field the API server would drop or refuse fails validation here."""
+    objects = render("raw.yaml")
+    deployment = copy.deepcopy(by_kind(objects, "Deployment")[0])
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(deployment, crds)
+    service = copy.deepcopy(runtimes(render("defaults.yaml"))["kim_cnn"])
+    service["spec"]["template"]["spec"]["containerConcurency"] = 4
+    with pytest.raises(jsonschema.ValidationError):
+        validate(service, crds)
+    service = copy.deepcopy(runtimes(render("defaults.yaml"))["kim_cnn"])
+    service["spec"]["template"]["spec"]["containerConcurrency"] = "4"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(service, crds)
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_every_container_runs_with_the_security_defaults(render: Any, values: str) -> None:
+    for obj in render(values):
+        template = pod_template(obj)
+        if not template:
+            continue
+        spec = template["spec"]
+        # Only the controller talks to the API server.
+        component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert spec["automountServiceAccountToken"] is (component == "controller"), obj["metadata"][
+            "name"
+        ]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in containers(obj):
+            context = container["securityContext"]
+            assert context["runAsNonRoot"] is True
+            assert context["runAsUser"] > 0
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert container["resources"]["limits"]["memory"]
+            assert container["resources"]["requests"]["cpu"]
+            # With a read-only root, /tmp is a volume (an emptyDir).
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            if "/tmp" in mounts:
+                assert "emptyDir" in volumes[mounts["/tmp"]]
+            elif container["name"] != "fetch":  # curl writes only to its output volume
+                pytest.fail(f"{obj['metadata']['name']}/{container['name']} has no /tmp")
+
+
+def test_the_defaults_serve_the_sample_models_on_knative(render: Any) -> None:
+    objects = render("defaults.yaml")
+    models = runtimes(objects)
+    assert list(models) == SAMPLES
+    for name, service in models.items():
+        assert is_knative(service) and service["kind"] == "Service"
+        assert service["metadata"]["name"] == f"{RELEASE}-{name.replace('_', '-')}"
+        template = service["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["autoscaling.knative.dev/class"] == "kpa.autoscaling.knative.dev"
+        assert annotations[MIN_SCALE] == "0"  # scale-to-zero
+        assert annotations["autoscaling.knative.dev/max-scale"] == "10"
+        assert annotations["autoscaling.knative.dev/initial-scale"] == "1"
+        assert annotations["autoscaling.knative.dev/target"] == "32"
+        assert template["spec"]["containerConcurrency"] == 0
+        container = runtime_container(service)
+        assert container["image"] == "kind.local/kindling-runtime:0.1.0"
+        assert container["command"] == ["kindling", "serve"]
+        assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
+        variables = env(container)
+        assert variables["KINDLING_MODELS"] == name
+        assert variables["KINDLING_MODEL_REPOSITORY"] == "/models"
+        # Threads follow the CPU limit (the runtime reads its cgroup quota) unless set.
+        assert "KINDLING_THREADS" not in variables
+        assert container["resources"]["limits"]["cpu"] == "2"
+        # No Redis configured: the text models read the image's own tables.
+        assert "KINDLING_REDIS_URL" not in variables
+        # Knative's queue-proxy probes many times a second while a pod starts only if the probe
+        # has no period of its own; Knative fills in the port.
+        assert container["readinessProbe"] == {"httpGet": {"path": "/v2/health/ready"}}
+    assert runtime_container(models["resnet18"])["resources"]["requests"]["memory"] == "640Mi"
+    kinds = {o["kind"] for o in objects}
+    assert "StatefulSet" not in kinds and "Job" not in kinds and "Secret" not in kinds
+
+
+def test_a_models_own_keys_win_over_model_defaults_even_zero_and_null(render: Any) -> None:
+    """Maps merge key by key; 0 and false win over a default (Sprig's merge would drop
+    them); null removes a key."""
+    models = json.dumps(
+        [
+            {
+                "name": "kim_cnn",
+                "autoscaling": {"minScale": 0},
+                "resources": {"limits": {"cpu": None}},
+            },
+            {"name": "minilm", "resources": {"requests": {"memory": "1Gi"}}},
+        ]
+    )
+    sets = ("modelDefaults.autoscaling.minScale=1", "modelDefaults.gpu=true")
+    objects = render("defaults.yaml", sets=sets, extra=("--set-json", f"models={models}"))
+    kim, minilm = runtimes(objects)["kim_cnn"], runtimes(objects)["minilm"]
+    assert kim["spec"]["template"]["metadata"]["annotations"][MIN_SCALE] == "0"
+    assert minilm["spec"]["template"]["metadata"]["annotations"][MIN_SCALE] == "1"
+    assert "cpu" not in runtime_container(kim)["resources"]["limits"]
+    assert runtime_container(minilm)["resources"] == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "2", "memory": "512Mi", GPU: 1},
+    }
+
+
+def test_min_scale_is_set_on_the_service_template_only(render: Any) -> None:
+    """The controller owns min-scale on live Revisions: the chart renders no Revision,
+    Configuration or PodAutoscaler, and min-scale nowhere but the Services' templates."""
+    for values in VALUES_FILES:
+        objects = render(values)
+        assert not {"Revision", "Configuration", "PodAutoscaler", "Route"} & {
+            o["kind"] for o in objects
+        }
+        for obj in objects:
+            text = json.dumps(obj)
+            if MIN_SCALE in text:
+                assert is_knative(obj) and obj["kind"] == "Service"
+                assert MIN_SCALE not in json.dumps(obj["metadata"])
+                assert MIN_SCALE in obj["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_a_gpu_model_lands_on_the_gpu_pool_and_cpu_models_never_do(render: Any) -> None:
+    models = runtimes(render("gpu.yaml"))
+    gpu = models["resnet18"]["spec"]["template"]["spec"]
+    container = runtime_container(models["resnet18"])
+    assert container["image"] == "kind.local/kindling-runtime-gpu:0.1.0"
+    assert container["resources"]["limits"][GPU] == 1
+    assert env(container)["KINDLING_THREADS"] == "4"
+    assert gpu["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert gpu["tolerations"] == [
+        {"key": GPU, "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+    ]
+    assert gpu["runtimeClassName"] == "nvidia"
+    assert "affinity" not in gpu
+
+    cpu = models["squeezenet1_1"]["spec"]["template"]["spec"]
+    assert (
+        runtime_container(models["squeezenet1_1"])["image"] == "kind.local/kindling-runtime:0.1.0"
+    )
+    assert GPU not in runtime_container(models["squeezenet1_1"])["resources"]["limits"]
+    assert "tolerations" not in cpu and "nodeSelector" not in cpu and "runtimeClassName" not in cpu
+    terms = cpu["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [
+        {
+            "matchExpressions": [
+                {"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]}
+            ]
+        }
+    ]
+
+
+def test_raw_mode_renders_a_deployment_service_and_hpa_per_model(render: Any) -> None:
+    objects = render("raw.yaml")
+    assert not any(is_knative(o) for o in objects)
+    deployments = {d["metadata"]["name"]: d for d in by_kind(objects, "Deployment")}
+    services = {s["metadata"]["name"]: s for s in by_kind(objects, "Service")}
+    hpas = {h["metadata"]["name"]: h for h in by_kind(objects, "HorizontalPodAutoscaler")}
+    names = {f"{RELEASE}-{m.replace('_', '-')}" for m in SAMPLES}
+    assert set(deployments) == names == set(hpas)
+    assert names <= set(services)
+    for name in names:
+        deployment = deployments[name]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selects(deployment["spec"]["selector"], labels)
+        assert selects({"matchLabels": services[name]["spec"]["selector"]}, labels)
+        assert services[name]["spec"]["ports"] == [
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+        ]
+        # The HPA owns replicas: the chart leaves the field alone (server-side apply).
+        assert "replicas" not in deployment["spec"]
+        hpa = hpas[name]["spec"]
+        assert hpa["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 4)
+        container = runtime_container(deployment)
+        assert container["readinessProbe"]["httpGet"] == {
+            "path": "/v2/health/ready",
+            "port": "http",
+        }
+        assert deployment["spec"]["template"]["spec"]["securityContext"]["seccompProfile"] == {
+            "type": "RuntimeDefault"
+        }
+
+
+def test_raw_mode_sets_replicas_when_nothing_else_does(render: Any) -> None:
+    deployments = {
+        d["metadata"]["labels"]["kindling.dev/model"]: d
+        for d in by_kind(render("raw-gpu.yaml"), "Deployment")
+    }
+    assert deployments["squeezenet1_1"]["spec"]["replicas"] == 2
+    assert deployments["resnet18"]["spec"]["replicas"] == 1
+    # With the controller, the replicas are its to set.
+    with_controller = render("raw-gpu.yaml", sets=("controller.enabled=true",))
+    for deployment in runtimes(with_controller).values():
+        assert "replicas" not in deployment["spec"]
+
+
+def test_the_controller_role_is_least_privilege(render: Any) -> None:
+    role = named(render("defaults.yaml"), "Role", f"{RELEASE}-controller")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["serving.knative.dev"],
+            "resources": ["services", "routes"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["serving.knative.dev"],
+            "resources": ["revisions"],
+            "verbs": ["get", "list", "watch", "patch"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [f"{RELEASE}-controller"],
+            "verbs": ["get", "update"],
+        },
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ]
+    legacy = named(
+        render("defaults.yaml", sets=("controller.podAutoscalerAccess=true",)),
+        "Role",
+        f"{RELEASE}-controller",
+    )
+    assert {
+        "apiGroups": ["autoscaling.internal.knative.dev"],
+        "resources": ["podautoscalers"],
+        "verbs": ["get", "list", "watch", "patch"],
+    } in legacy["rules"]
+    # Raw mode: the scale of this release's Deployments, by name, and no Knative rule.
+    raw = render("raw-gpu.yaml", sets=("controller.enabled=true",))
+    rules = named(raw, "Role", f"{RELEASE}-controller")["rules"]
+    assert rules[0] == {
+        "apiGroups": ["apps"],
+        "resources": ["deployments/scale"],
+        "resourceNames": [
+            d["metadata"]["name"]
+            for d in by_kind(raw, "Deployment")
+            if d["metadata"]["labels"]["app.kubernetes.io/component"] == "runtime"
+        ],
+        "verbs": ["get", "patch"],
+    }
+    assert not any("serving.knative.dev" in r["apiGroups"] for r in rules)
+    binding = named(render("defaults.yaml"), "RoleBinding", f"{RELEASE}-controller")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{RELEASE}-controller", "namespace": NAMESPACE}
+    ]
+    controller = named(render("defaults.yaml"), "Deployment", f"{RELEASE}-controller")
+    assert controller["spec"]["template"]["spec"]["serviceAccountName"] == f"{RELEASE}-controller"
+    assert runtime_container(controller)["command"] == ["kindling", "controller"]
+
+
+def test_controller_off_renders_none_of_it(render: Any) -> None:
+    objects = render("controller-off.yaml")
+    components = {o["metadata"]["labels"].get("app.kubernetes.io/component") for o in objects}
+    assert "controller" not in components
+    assert not {"Role", "RoleBinding", "ServiceAccount"} & {o["kind"] for o in objects}
+    assert len(runtimes(objects)) == len(SAMPLES)
+
+
+def test_the_built_in_redis_and_its_password(render: Any) -> None:
+    objects = render("redis.yaml")
+    password = "not-a-real-password-0123"
+    secret = named(objects, "Secret", f"{RELEASE}-redis")
+    # The password is in the Secret (base64) and nowhere else in any object.
+    for obj in objects:
+        if obj is not secret:
+            assert password not in json.dumps(obj), obj["metadata"]["name"]
+    statefulset = named(objects, "StatefulSet", f"{RELEASE}-redis")
+    (redis,) = statefulset["spec"]["template"]["spec"]["containers"]
+    # Redis reads the password from a file of the Secret, not from its environment.
+    assert "env" not in redis
+    (auth,) = [v for v in statefulset["spec"]["template"]["spec"]["volumes"] if v["name"] == "auth"]
+    assert auth["secret"]["secretName"] == f"{RELEASE}-redis"
+    assert auth["secret"]["items"] == [{"key": "redis-password", "path": "password"}]
+    assert "/etc/redis-auth/password" in redis["args"][0]
+    assert (
+        statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        == "8Gi"
+    )
+    assert statefulset["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    config = named(objects, "ConfigMap", f"{RELEASE}-redis")["data"]["redis.conf"]
+    assert "include /tmp/auth.conf" in config and "requirepass" not in config
+
+    models = runtimes(objects)
+    kim = runtime_container(models["kim_cnn"])
+    variables = env(kim)
+    assert variables["KINDLING_REDIS_URL"] == f"redis://:$(REDIS_PASSWORD)@{RELEASE}-redis:6379/0"
+    # $(REDIS_PASSWORD) expands only if the variable comes before the URL in the list.
+    names = [e["name"] for e in kim["env"]]
+    assert names.index("REDIS_PASSWORD") < names.index("KINDLING_REDIS_URL")
+    settings = EmbeddingSettings.from_env(_expanded(variables, password))
+    assert (settings.cache_size, settings.oov, settings.connect_timeout) == (50000, "random", 0.5)
+    assert settings.location.kind == "redis"
+    # Only the text model reads the store.
+    assert "KINDLING_REDIS_URL" not in env(runtime_container(models["mobilenet_v2"]))
+    assert (
+        "checksum/redis-secret" in models["kim_cnn"]["spec"]["template"]["metadata"]["annotations"]
+    )
+
+
+def _expanded(variables: dict[str, Any], password: str) -> dict[str, str]:
+    """The environment the container sees: plain values, with $(REDIS_PASSWORD) expanded
+    as the kubelet does it."""
+    return {
+        k: v.replace("$(REDIS_PASSWORD)", password)
+        for k, v in variables.items()
+        if isinstance(v, str)
+    }
+
+
+def test_the_loader_jobs_are_hooks_that_run_the_loader_cli(render: Any) -> None:
+    objects = render("redis.yaml")
+    jobs = {j["metadata"]["labels"]["kindling.dev/table"]: j for j in by_kind(objects, "Job")}
+    assert set(jobs) == {"word2vec", "glove"}
+    for table, job in jobs.items():
+        annotations = job["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        spec = job["spec"]["template"]["spec"]
+        assert spec["restartPolicy"] == "Never"
+        (load,) = spec["containers"]
+        assert load["command"][:3] == ["kindling", "embeddings", "load"]
+        # The loader's own parser takes the arguments as they are.
+        args = embeddings_parser().parse_args(load["command"][2:])
+        assert (args.command, args.table) == ("load", table)
+        assert env(load)["KINDLING_REDIS_URL"].endswith(f"@{RELEASE}-redis:6379/0")
+    word2vec = jobs["word2vec"]["spec"]["template"]["spec"]
+    (fetch,) = word2vec["initContainers"]
+    assert fetch["image"] == "docker.io/curlimages/curl:8.11.1"
+    assert (
+        fetch["command"][-1] == "https://vectors.example.com/GoogleNews-vectors-negative300.bin.gz"
+    )
+    args = embeddings_parser().parse_args(word2vec["containers"][0]["command"][2:])
+    assert (args.format, args.dtype, str(args.file)) == (
+        "word2vec-bin",
+        "float16",
+        "/work/GoogleNews-vectors-negative300.bin.gz",
+    )
+    glove = jobs["glove"]["spec"]["template"]["spec"]
+    args = embeddings_parser().parse_args(glove["containers"][0]["command"][2:])
+    assert (str(args.file), str(args.vocab)) == (
+        "/vectors/glove/glove.840B.300d.txt.gz",
+        "/vectors/glove/vocab.txt",
+    )
+    volumes = {v["name"]: v for v in glove["volumes"]}
+    assert volumes["vectors"]["persistentVolumeClaim"] == {"claimName": "vectors", "readOnly": True}
+
+
+@pytest.mark.parametrize(
+    ("values", "kind", "seeds", "user"),
+    [
+        ("external-redis.yaml", "redis", None, "kindling"),
+        (
+            "redis-cluster.yaml",
+            "cluster",
+            [("redis-0.redis", 6379), ("redis-1.redis", 6379), ("redis-2.redis", 6379)],
+            None,
+        ),
+    ],
+)
+def test_external_redis_and_redis_cluster_urls(
+    render: Any, values: str, kind: str, seeds: Any, user: Any
+) -> None:
+    objects = render(values)
+    assert not by_kind(objects, "StatefulSet") and not by_kind(objects, "Secret")
+    kim = runtime_container(runtimes(objects)["kim_cnn"])
+    variables = env(kim)
+    location = parse_store_url(_expanded(variables, "s3cret")["KINDLING_REDIS_URL"])
+    assert location.kind == kind
+    if kind == "cluster":
+        assert list(location.seeds) == seeds and location.password == "s3cret"
+    else:
+        assert (
+            variables["KINDLING_REDIS_URL"]
+            == "rediss://kindling:$(REDIS_PASSWORD)@redis.data.svc:6380/2"
+        )
+        assert variables["REDIS_PASSWORD"] == {
+            "secretKeyRef": {"name": "redis-credentials", "key": "password"}
+        }
+
+
+def test_runtime_settings_reach_the_runtime_under_its_own_names(render: Any) -> None:
+    """Every runtime.settings key, set, becomes the variable runtime/settings.py reads."""
+    sets = (
+        "runtime.settings.logLevel=debug", "runtime.settings.maxBodyBytes=1048576",
+        "runtime.settings.maxJsonBytes=524288", "runtime.settings.maxBodyMemoryBytes=4194304",
+        "runtime.settings.maxConnections=50", "runtime.settings.headerTimeoutS=5",
+        "runtime.settings.bodyTimeoutS=7.5", "runtime.settings.downloadTimeoutS=600",
+        "runtime.settings.gracefulTimeoutS=20", "runtime.settings.inlineMaxMs=0",
+        "runtime.settings.optimizedCache=false", "runtime.settings.optimizedCacheDelayS=2",
+        "runtime.settings.providers={CPUExecutionProvider}",
+        "runtime.settings.modelUriSchemes={https,s3}", "runtime.settings.modelUriRoot=/mnt/models",
+    )  # fmt: skip
+    container = runtime_container(runtimes(render("defaults.yaml", sets=sets))["mobilenet_v2"])
+    settings = ServerSettings.from_env(_expanded(env(container), ""))
+    assert settings.log_level == "debug"
+    assert (settings.max_body_bytes, settings.max_json_bytes, settings.max_body_memory_bytes) == (
+        1048576,
+        524288,
+        4194304,
+    )
+    assert (settings.max_connections, settings.header_timeout_s, settings.body_timeout_s) == (
+        50,
+        5.0,
+        7.5,
+    )
+    assert (settings.download_timeout_s, settings.graceful_timeout_s, settings.inline_max_ms) == (
+        600.0,
+        20.0,
+        0.0,
+    )
+    assert (settings.optimized_cache, settings.optimized_cache_delay_s) == (False, 2.0)
+    assert settings.providers == ("CPUExecutionProvider",)
+    assert settings.uri_schemes == ("https", "s3")
+    assert str(settings.model_uri_root) == "/mnt/models"
+    assert (str(settings.model_repository), settings.models) == ("/models", ("mobilenet_v2",))
+    assert str(settings.cache_dir) == "/var/cache/kindling"
+
+
+def test_embedding_settings_reach_the_store_under_its_own_names(render: Any) -> None:
+    sets = (
+        "redis.enabled=true", "embeddings.settings.cacheSize=0", "embeddings.settings.oov=unk",
+        "embeddings.settings.unkToken=UNK", "embeddings.settings.aliasTtl=0",
+        "embeddings.settings.maxWords=100", "embeddings.settings.redisConnectTimeout=1",
+        "embeddings.settings.redisSocketTimeout=2", "embeddings.settings.redisRetries=3",
+        "embeddings.settings.redisBackoff=0.1", "embeddings.settings.redisCooldown=4",
+    )  # fmt: skip
+    container = runtime_container(runtimes(render("defaults.yaml", sets=sets))["kim_cnn"])
+    settings = EmbeddingSettings.from_env(_expanded(env(container), "pw"))
+    assert (settings.cache_size, settings.oov, settings.unk_token, settings.alias_ttl) == (
+        0,
+        "unk",
+        "UNK",
+        0.0,
+    )
+    assert (settings.max_words, settings.connect_timeout, settings.socket_timeout) == (
+        100,
+        1.0,
+        2.0,
+    )
+    assert (settings.retries, settings.backoff, settings.cooldown) == (3, 0.1, 4.0)
+
+
+def test_a_model_uri_model_gets_its_config_yaml_from_a_configmap(render: Any, helm: Helm) -> None:
+    objects = render("model-cache.yaml")
+    models = runtimes(objects)
+    mnist = models["mnist"]
+    configmap = named(objects, "ConfigMap", f"{RELEASE}-mnist-model")
+    root = Path(env(runtime_container(mnist))["KINDLING_MODEL_REPOSITORY"])
+    config = ModelConfig.from_dict(_yaml(configmap["data"]["config.yaml"]), root / "mnist")
+    assert (config.name, config.model_uri, config.max_batch_size) == (
+        "mnist",
+        "s3://models/mnist/model.onnx",
+        16,
+    )
+    assert config.model_sha256 == "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    spec = mnist["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "model-config")
+    assert volume["configMap"] == {
+        "name": configmap["metadata"]["name"],
+        "items": [{"key": "config.yaml", "path": "mnist/config.yaml"}],
+    }
+    mounts = {m["name"]: m["mountPath"] for m in runtime_container(mnist)["volumeMounts"]}
+    assert mounts["model-config"] == str(root)
+    variables = env(runtime_container(mnist))
+    assert variables["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
+    assert variables["AWS_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}
+    }
+    # The text model's table is written into its config; a setting of its own wins.
+    text = ModelConfig.from_dict(
+        _yaml(named(objects, "ConfigMap", f"{RELEASE}-tiny-text-model")["data"]["config.yaml"]),
+        root / "tiny-text",
+    )
+    assert text.preprocess["table"] == "demo300"
+    assert env(runtime_container(models["mobilenet_v2"]))["KINDLING_INLINE_MAX_MS"] == "0"
+    assert "AWS_ENDPOINT_URL" not in env(runtime_container(models["mobilenet_v2"]))
+    # A changed config.yaml changes the pod template, so the pods roll.
+    changed = helm.template("model-cache.yaml", sets=("models[1].config.max_batch_size=8",))
+    before = mnist["spec"]["template"]["metadata"]["annotations"]["checksum/model-config"]
+    after = runtimes(changed)["mnist"]["spec"]["template"]["metadata"]["annotations"][
+        "checksum/model-config"
+    ]
+    assert before != after
+
+
+def _yaml(text: str) -> dict[str, Any]:
+    return yaml.safe_load(text)
+
+
+def test_the_model_cache_is_mounted_at_the_runtimes_cache_dir(render: Any) -> None:
+    for service in runtimes(render("model-cache.yaml")).values():
+        spec = service["spec"]["template"]["spec"]
+        container = runtime_container(service)
+        cache = env(container)["KINDLING_CACHE_DIR"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volume = next(v for v in spec["volumes"] if v["name"] == mounts[cache])
+        assert volume["hostPath"] == {"path": "/var/lib/kindling-cache", "type": "Directory"}
+    for service in runtimes(render("defaults.yaml")).values():
+        volume = next(
+            v for v in service["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache"
+        )
+        assert volume == {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}}
+    pvc = render(
+        "defaults.yaml",
+        sets=(
+            "modelCache.enabled=true",
+            "modelCache.type=pvc",
+            "modelCache.existingClaim=models-cache",
+        ),
+    )
+    for service in runtimes(pvc).values():
+        volume = next(
+            v for v in service["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache"
+        )
+        assert volume == {"name": "cache", "persistentVolumeClaim": {"claimName": "models-cache"}}
+
+
+def test_pods_roll_when_the_redis_password_changes(render: Any) -> None:
+    def annotations(password: str) -> dict[str, dict[str, str]]:
+        objects = render("redis.yaml", sets=(f"redis.auth.password={password}",))
+        pods = {
+            name: o["spec"]["template"]["metadata"]["annotations"]
+            for name, o in runtimes(objects).items()
+        }
+        pods["redis"] = named(objects, "StatefulSet", f"{RELEASE}-redis")["spec"]["template"][
+            "metadata"
+        ]["annotations"]
+        return pods
+
+    one, two = annotations("one"), annotations("two")
+    assert one["kim_cnn"] != two["kim_cnn"] and one["redis"] != two["redis"]
+    assert one["mobilenet_v2"] == two["mobilenet_v2"]  # reads no word vectors
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_network_policies_select_the_right_pods(render: Any, values: str) -> None:
+    objects = render(values)
+    pods = {
+        f"{o['kind']}/{o['metadata']['name']}": pod_template(o)["metadata"]["labels"]
+        for o in objects
+        if pod_template(o)
+    }
+
+    def component(labels: dict[str, str]) -> str:
+        return labels["app.kubernetes.io/component"]
+
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(objects, "NetworkPolicy")}
+    runtime = policies[f"{RELEASE}-runtime"]
+    assert {n for n, labels in pods.items() if selects(runtime["podSelector"], labels)} == {
+        n for n, labels in pods.items() if component(labels) == "runtime"
+    }
+    namespaces = [
+        rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+        for rule in runtime["ingress"]
+    ]
+    # The ingress path; and Prometheus, on the metrics port alone, where listed.
+    assert namespaces[0] == (
+        ["ingress-nginx"]
+        if values == "raw.yaml"
+        else ["knative-serving", "kourier-system", "istio-system"]
+    )
+    if values == "model-cache.yaml":
+        assert namespaces[1] == ["monitoring"]
+        assert runtime["ingress"][1]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    no_ingress = policies[f"{RELEASE}-no-ingress"]
+    assert no_ingress["ingress"] == []
+    assert {
+        component(labels) for labels in pods.values() if selects(no_ingress["podSelector"], labels)
+    } <= {"controller", "loader"}
+    if f"{RELEASE}-redis" in policies:
+        redis = policies[f"{RELEASE}-redis"]
+        assert {n for n, labels in pods.items() if selects(redis["podSelector"], labels)} == {
+            f"StatefulSet/{RELEASE}-redis"
+        }
+        allowed = {
+            n
+            for n, labels in pods.items()
+            if any(selects(peer["podSelector"], labels) for peer in redis["ingress"][0]["from"])
+        }
+        assert allowed == {
+            n for n, labels in pods.items() if component(labels) in ("runtime", "loader")
+        }
+        assert allowed
+
+
+def test_the_service_monitor_renders_only_where_its_crd_is(render: Any) -> None:
+    assert not by_kind(render("model-cache.yaml"), "ServiceMonitor")
+    objects = render(
+        "model-cache.yaml", extra=("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+    )
+    (monitor,) = by_kind(objects, "ServiceMonitor")
+    service = named(objects, "Service", f"{RELEASE}-metrics")
+    assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    # The metrics Service fronts every runtime pod's :8080.
+    for obj in runtimes(objects).values():
+        assert selects(
+            {"matchLabels": service["spec"]["selector"]},
+            obj["spec"]["template"]["metadata"]["labels"],
+        )
+        assert obj["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+
+
+def test_the_grafana_dashboard_queries_metrics_the_runtime_exports(render: Any) -> None:
+    (configmap,) = [
+        c
+        for c in by_kind(render("model-cache.yaml"), "ConfigMap")
+        if c["metadata"]["name"] == f"{RELEASE}-dashboard"
+    ]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["kindling.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert exprs
+    metrics = RuntimeMetrics(ColdStartTimeline())
+    exported = {m.name: m.kind for m in metrics.registry.metrics}
+    for expr in exprs:
+        for metric, suffix in re.findall(r"\b(kindling_[a-z_]+?)(_bucket|_sum|_count)?\{", expr):
+            assert metric in exported, metric
+            assert not suffix or exported[metric] == "histogram", metric
+
+
+def test_notes_show_how_to_call_each_model_and_no_secret(helm: Helm) -> None:
+    password = "not-a-real-password-0123"
+    out = helm.run(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+        "--values", str(VALUES / "redis.yaml"), "--values", str(VALUES / "defaults.yaml"),
+    ).stdout  # fmt: skip
+    notes = out.split("NOTES:", 1)[1]
+    assert password not in out.replace(f"redis-password: {_b64(password)}", "")
+    assert password not in notes and _b64(password) not in notes
+    for model in ("kim_cnn", "mobilenet_v2"):
+        assert f'curl "$URL/v2/models/{model}"' in notes
+        assert f"kubectl get ksvc {RELEASE}-{model.replace('_', '-')} -n {NAMESPACE}" in notes
+    assert 'curl "$URL/v2/models/kim_cnn/infer"' in notes
+    assert 'client.infer("mobilenet_v2", [image])' in notes
+    raw = helm.run(
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--dry-run=client",
+        "-f",
+        str(VALUES / "raw.yaml"),
+    ).stdout
+    assert "no scale-to-zero" in raw
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

@@ -1,0 +1,134 @@
+"""Bad values are refused before anything is rendered: values.schema.json names the path
+and what is wrong with it, and kindling.validateValues lists every cross-value problem in
+one failure. Also: every documented value (`## @param`) has its place in the schema."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from tests.charts.render import CHART, VALUES, Helm
+
+BAD = VALUES / "bad"
+
+
+@pytest.mark.integration  # helm runs as a real process
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ("mode.yaml", "at '/serving/mode': value must be one of 'knative', 'raw'"),
+        ("model-name.yaml", "at '/models/0/name': 'Kim CNN' does not match pattern"),
+        ("gpu-type.yaml", "at '/models/0/gpu': got string, want boolean"),
+        (
+            "setting-typo.yaml",
+            "at '/runtime/settings': additional properties 'maxBodyByte' not allowed",
+        ),
+    ],
+)
+def test_the_schema_refuses_bad_values_with_their_path(
+    helm: Helm, values: str, message: str
+) -> None:
+    proc = helm.run("template", "kindling", str(CHART), "--values", str(BAD / values), check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.integration  # helm runs as a real process
+def test_validate_values_reports_every_problem_at_once(helm: Helm) -> None:
+    proc = helm.run(
+        "template", "kindling", str(CHART), "--values", str(BAD / "several.yaml"), check=False
+    )
+    assert proc.returncode != 0
+    assert "VALUES VALIDATION:" in proc.stderr
+    messages = re.findall(r"^  - (.+)$", proc.stderr, re.MULTILINE)
+    assert messages == [
+        "models[mnist]: a modelUri model needs config.inputs and config.outputs (its config.yaml, modelzoo/README.md)",
+        "models[mnist]: autoscaling.minScale 5 is above maxScale 2",
+        "redis.enabled and externalRedis.url are both set: choose the built-in Redis or an external one",
+        "embeddings.loader.tables[word2vec]: give exactly one source, url or pvc",
+    ]
+
+
+@pytest.mark.integration  # helm runs as a real process
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ("serving.mode=raw", "modelDefaults.autoscaling.hpa.enabled=true"),
+            "the controller and the model's HPA would both set its replicas",
+        ),
+        (
+            ("externalRedis.url=redis://user:pw@redis:6379/0",),
+            "externalRedis.url: no credentials in the URL",
+        ),
+        (
+            ("modelCache.enabled=true", "modelCache.type=pvc"),
+            "modelCache: type pvc needs modelCache.existingClaim",
+        ),
+        (
+            ("models[0].name=kim-cnn", "models[1].name=kim_cnn"),
+            "object name kindling-kim-cnn is taken by model kim-cnn",
+        ),
+        (
+            (
+                "embeddings.loader.tables[0].name=t",
+                "embeddings.loader.tables[0].format=glove",
+                "embeddings.loader.tables[0].url=https://x/v.txt",
+            ),
+            "the loader writes to Redis",
+        ),
+    ],
+)
+def test_validate_values_refuses_combinations(
+    helm: Helm, sets: tuple[str, ...], message: str
+) -> None:
+    args = [a for s in sets for a in ("--set", s)]
+    proc = helm.run("template", "kindling", str(CHART), *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def _documented() -> list[str]:
+    text = (CHART / "values.yaml").read_text()
+    return re.findall(r"^\s*## @param ([\w.\[\]]+)", text, re.MULTILINE)
+
+
+def test_every_documented_value_has_a_schema_entry() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def resolve(node: dict) -> dict:
+        while "$ref" in node:
+            node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+        return node
+
+    for path in _documented():
+        node = schema
+        for key in path.split("."):
+            node = resolve(node)
+            if key in node.get("properties", {}):
+                node = node["properties"][key]
+            else:  # a map whose every value has one schema (resources.requests, ...)
+                assert isinstance(node.get("additionalProperties"), dict), (
+                    f"{path}: no schema for {key!r}"
+                )
+                node = node["additionalProperties"]
+        assert "description" in resolve(node) or "type" in resolve(node), path
+
+
+def test_every_value_is_documented() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    documented = set(_documented())
+
+    def leaves(node: object, path: str) -> list[str]:
+        if path in documented:
+            return []
+        if isinstance(node, dict) and node:
+            return [
+                leaf for k, v in node.items() for leaf in leaves(v, f"{path}.{k}" if path else k)
+            ]
+        return [path]
+
+    assert leaves(values, "") == []
