@@ -1,6 +1,7 @@
 """What the Dockerfiles promise, checked on their text: the same files build on the official
 Python image and on the debootstrap base, only the runtime's dependencies go in, the final
-stage is non-root with bytecode compiled, and no package of pyproject.toml is left out."""
+stage is non-root with bytecode compiled (the runtime's FROM scratch, with the root that
+docker/rootfs.py gathers and checks), and no package of pyproject.toml is left out."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def image(dockerfile: Path, target: str | None = None) -> list[str]:
 def test_base_is_a_build_arg_defaulting_to_the_official_image(name: str) -> None:
     parts = stages(DOCKER / name)
     assert "ARG BASE=python:3.11-slim-bookworm" in parts[0]
-    aliases: set[str] = set()
+    aliases: set[str] = {"scratch"}  # nothing to pull: the runtime's final stage
     for stage in parts[1:]:
         match = re.fullmatch(r"FROM (\S+)( AS ([a-z-]+))?", stage[0])
         assert match and (match.group(1) == "${BASE}" or match.group(1) in aliases), stage[0]
@@ -73,12 +74,38 @@ def test_final_stage_is_non_root_and_starts_kindling(name: str) -> None:
         "/opt/venv/bin/kindling", *IMAGES[name],
     ]  # fmt: skip
     env = " ".join(i for i in final if i.startswith("ENV "))
-    assert "PYTHONDONTWRITEBYTECODE=1" in env and "PATH=/opt/venv/bin:${PATH}" in env
-    assert "HOME=/tmp" in env  # 65532 has no passwd entry; Path.home() needs $HOME
+    assert "PYTHONDONTWRITEBYTECODE=1" in env and "PATH=/opt/venv/bin:" in env
+    assert "HOME=/tmp" in env  # any uid may run it; Path.home() reads $HOME first
     assert "KINDLING_OPENWHISK" not in env  # the default image serves OIP
-    # Only the venv (and, for the runtime, models or loader config) comes from the build.
+    # The venv comes from the build, and nothing is installed in the final stage.
     copied = [i.split()[2] for i in final if i.startswith("COPY --from=")]
-    assert copied[0] == "/opt/venv" and not any(i.startswith("RUN pip") for i in final)
+    assert "/opt/venv" in copied and not any(i.startswith("RUN pip") for i in final)
+
+
+def test_runtime_is_from_scratch_with_only_the_gathered_root_the_venv_and_models() -> None:
+    """Distroless-style: no base image below the runtime, so no shell and no package
+    manager; its root is what rootfs.py gathered and checked in a chroot as the image's user."""
+    parsed = stages(DOCKER / "Dockerfile.runtime")
+    runtime = next(s for s in parsed[1:] if s[0] == "FROM scratch AS runtime")
+    assert not any(i.startswith(("RUN ", "ADD ")) for i in runtime)
+    copies = [i for i in runtime if i.startswith("COPY ")]
+    assert copies == [
+        "COPY --from=rootfs /rootfs /",
+        "COPY --from=build /opt/venv /opt/venv",
+        "COPY --from=models /models /models",
+    ]
+    rootfs = " ".join(
+        " ".join(next(s for s in parsed[1:] if s[0] == "FROM ${BASE} AS rootfs")).split()
+    )
+    gather = rootfs.index("rootfs.py gather /rootfs --venv /opt/venv --user 65532")
+    verify = rootfs.index(
+        "chroot --userspec=65532:65532 --groups= /rootfs /opt/venv/bin/python /tmp/rootfs.py verify"
+    )
+    cleanup = rootfs.index("rm -rf /rootfs/opt/venv && find /rootfs/tmp -mindepth 1 -delete")
+    assert gather < verify < cleanup
+    assert "--walk kindling.runtime kindling.embeddings" in rootfs
+    users = [i for i in runtime if i.startswith("USER ")]
+    assert users == ["USER 65532:65532"]  # the user the build's check ran as
 
 
 def test_openwhisk_target_is_the_runtime_with_the_action_protocol() -> None:
@@ -148,6 +175,7 @@ def test_every_package_folder_is_in_the_context_and_copied() -> None:
         "README.md",
         "docker/requirements.py",
         "docker/slim_venv.py",
+        "docker/rootfs.py",
     } <= allowed
     rules = [line for line in (REPO / ".dockerignore").read_text().splitlines() if line[:1] != "#"]
     assert rules[0] == "*"  # everything out, then the allowlist

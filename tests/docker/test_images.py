@@ -1,5 +1,6 @@
 """The images build and serve: docker/build_images.py builds the runtime and controller
-images with podman on the debootstrap base (the runtime within its size budget), and
+images with podman on the debootstrap base (the runtime's whole image, FROM scratch with
+what docker/rootfs.py gathers from that base, within its size budget), and
 docker/check_image.py starts the runtime from its image's own filesystem, read-only and
 as its non-root user, where every sample model answers tritonclient, and so does a model
 the runtime downloads from a model_uri into its writable /tmp.
@@ -42,9 +43,19 @@ def test_images_build_within_budget_and_serve_every_model(
     assert build.returncode == 0, build.stdout[-6000:] + build.stderr[-6000:]
     built = json.loads(report.read_text())
     runtime, controller = built["images"]["runtime"], built["images"]["controller"]
-    assert runtime["above_base_bytes"] <= built["budget_bytes"]
+    # The whole image, interpreter and libraries included, is held to the budget; the venv
+    # alone is most of it, and the controller still sits on the base.
+    assert runtime["bytes"] <= built["budget_bytes"] == 150 * 10**6
+    assert runtime["venv_file_bytes"] + runtime["other_file_bytes"] <= runtime["bytes"]
+    assert runtime["venv_file_bytes"] > runtime["other_file_bytes"]
     assert controller["bytes"] > built["base"]["bytes"]
 
+    # The image's user (65532) reads the repository through a read-only bind mount, so its
+    # folder must let others in: pytest makes its temporary folders 0700 (`make test` passes
+    # ./models, which is 0755 already).
+    mode = model_repository.stat().st_mode
+    if mode & 0o005 != 0o005:
+        model_repository.chmod(mode | 0o005)
     check = subprocess.run(
         [sys.executable, str(DOCKER / "check_image.py"), "--image", runtime["tag"],
          "--model-repository", str(model_repository), "--runs", "1"],
