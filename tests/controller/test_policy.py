@@ -1,0 +1,319 @@
+"""The warm-pod policy: Little's law, bounds, hysteresis, idle-to-zero, missing data."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+
+from kindling.controller.forecast import DAY_S, Ewma, Forecaster, Seasonal
+from kindling.controller.policy import (
+    CEILING,
+    COOLDOWN,
+    FLOOR,
+    IDLE_ZERO,
+    INITIAL,
+    NO_DATA,
+    SCALE_DOWN,
+    SCALE_UP,
+    STALE,
+    STEADY,
+    Decision,
+    PolicyState,
+    WarmPolicy,
+)
+
+
+class Stub(Forecaster):
+    """Forecasts the last rate seen, with a set error; records the horizons asked."""
+
+    def __init__(self, error: float = 0.0) -> None:
+        super().__init__()
+        self.value = 0.0
+        self.set_error = error
+        self.horizons: list[float] = []
+
+    def _first(self, t: float, rate: float) -> None:
+        self.value = rate
+
+    def _update(self, t: float, rate: float, dt: float) -> None:
+        self.value = rate
+
+    def _predict(self, horizon_s: float) -> float:
+        self.horizons.append(horizon_s)
+        return self.value
+
+    def error(self) -> float:
+        return self.set_error
+
+
+def one_decision(
+    policy: WarmPolicy, rate: float, service_time_s: float, error: float = 0.0
+) -> Decision:
+    stub = Stub(error)
+    stub.observe(100, rate)
+    return policy.decide(100, stub, service_time_s, PolicyState())
+
+
+def assert_reason_names_rule(decision: Decision) -> None:
+    assert decision.reason.startswith(f"{decision.rule}: ")
+
+
+def test_lead_is_cold_start_plus_reaction_delay_and_is_forecast_at() -> None:
+    policy = WarmPolicy(cold_start_s=4.5, reaction_delay_s=15)
+    assert policy.lead_s == 19.5
+    stub = Stub()
+    stub.observe(0, 10)
+    policy.decide(0, stub, 0.1, PolicyState())
+    assert stub.horizons == [19.5]
+
+
+@pytest.mark.parametrize(
+    ("rate", "service_time_s", "concurrency", "error", "k", "pods"),
+    [
+        (10, 0.1, 1, 0, 2, 1),  # L = 10 x 0.1 = 1.0 in flight, exactly one pod
+        (10, 0.25, 1, 0, 2, 3),  # 2.5 -> 3
+        (10, 0.25, 1, 1, 2, 3),  # (10 + 2 x 1) x 0.25 = 3.0
+        (10, 0.25, 1, 1.2, 2, 4),  # 12.4 x 0.25 = 3.1 -> 4
+        (10, 0.25, 2, 1, 2, 2),  # 3.0 over 2 per pod = 1.5 -> 2
+        (100, 0.05, 1, 5, 0, 5),  # k = 0: no margin
+        (400, 0.05, 4, 0, 2, 5),
+    ],
+)
+def test_littles_law_with_margin(
+    rate: float, service_time_s: float, concurrency: float, error: float, k: float, pods: int
+) -> None:
+    policy = WarmPolicy(cold_start_s=5, target_concurrency=concurrency, margin_k=k)
+    assert policy.pods_for(rate, service_time_s) == pytest.approx(
+        rate * service_time_s / concurrency
+    )
+    decision = one_decision(policy, rate, service_time_s, error)
+    assert decision.pods == pods
+    assert decision.rule == INITIAL
+    assert_reason_names_rule(decision)
+
+
+def test_floor_and_ceiling_bound_the_decision() -> None:
+    floor = one_decision(WarmPolicy(cold_start_s=5, min_scale=3), 10, 0.1)
+    assert (floor.pods, floor.rule) == (3, FLOOR)
+    assert "min-scale 3" in floor.reason
+    ceiling = one_decision(WarmPolicy(cold_start_s=5, max_scale=4), 1000, 0.1)
+    assert (ceiling.pods, ceiling.rule) == (4, CEILING)
+    assert "max-scale 4" in ceiling.reason
+    inside = one_decision(WarmPolicy(cold_start_s=5, min_scale=1, max_scale=10), 50, 0.1)
+    assert inside.pods == 5
+
+
+class Driver:
+    """Feeds a forecaster and asks the policy each tick, as the controller loop does."""
+
+    def __init__(
+        self, policy: WarmPolicy, forecaster: Forecaster, service_time_s: float = 0.1
+    ) -> None:
+        self.policy = policy
+        self.forecaster = forecaster
+        self.service_time_s = service_time_s
+        self.state = PolicyState()
+        self.decisions: list[tuple[float, Decision]] = []
+
+    def step(self, t: float, rate: float | None) -> Decision:
+        if rate is not None:
+            self.forecaster.observe(t, rate)
+        decision = self.policy.decide(t, self.forecaster, self.service_time_s, self.state)
+        assert_reason_names_rule(decision)
+        self.decisions.append((t, decision))
+        return decision
+
+    def pods(self) -> list[int]:
+        return [d.pods for _, d in self.decisions]
+
+
+def test_scale_up_is_immediate() -> None:
+    driver = Driver(WarmPolicy(cold_start_s=5), Stub())
+    for t in range(0, 30, 2):
+        driver.step(t, 20.0)
+    assert driver.decisions[-1][1].pods == 2
+    jump = driver.step(30, 90.0)
+    assert (jump.pods, jump.rule) == (9, SCALE_UP)
+
+
+def test_scale_down_waits_the_cooldown_then_steps_by_at_most_half() -> None:
+    driver = Driver(WarmPolicy(cold_start_s=5, cooldown_s=60, max_down_fraction=0.5), Stub())
+    for t in range(0, 20, 2):
+        driver.step(t, 100.0)
+    assert driver.decisions[-1][1].pods == 10
+    for t in range(20, 80, 2):  # desire 1 from t=20; the cooldown runs to t=80
+        decision = driver.step(t, 10.0)
+        assert (decision.pods, decision.rule) == (10, COOLDOWN)
+    steps = [driver.step(t, 10.0) for t in range(80, 90, 2)]
+    assert [d.pods for d in steps] == [5, 3, 2, 1, 1]
+    assert [d.rule for d in steps] == [SCALE_DOWN] * 4 + [STEADY]
+
+
+def test_scale_down_goes_to_the_highest_desire_in_the_cooldown() -> None:
+    driver = Driver(WarmPolicy(cold_start_s=5, cooldown_s=60, max_down_fraction=1.0), Stub())
+    driver.step(0, 100.0)
+    for t in range(2, 62, 2):
+        driver.step(t, 40.0 if t == 50 else 10.0)  # one blip of desire 4 inside the window
+    down = driver.step(62, 10.0)
+    assert (down.pods, down.rule) == (4, SCALE_DOWN)
+
+
+def test_a_higher_desire_restarts_the_cooldown() -> None:
+    driver = Driver(WarmPolicy(cold_start_s=5, cooldown_s=60), Stub())
+    driver.step(0, 50.0)
+    for t in range(2, 40, 2):
+        driver.step(t, 10.0)
+    driver.step(40, 50.0)  # back up to the current 5: the lower stretch is over
+    for t in range(42, 100, 2):
+        assert driver.step(t, 10.0).pods == 5
+    assert driver.step(102, 10.0).rule == SCALE_DOWN
+
+
+def test_no_flapping_on_a_noisy_constant_series() -> None:
+    noise = random.Random(12)
+    driver = Driver(WarmPolicy(cold_start_s=5), Ewma(), service_time_s=0.1)
+    raw_changes = 0
+    previous_raw = None
+    for i in range(1800):  # one hour at a 2 s tick, 50 req/s +- 20%
+        rate = max(0.0, noise.gauss(50, 10))
+        driver.step(i * 2.0, rate)
+        raw = math.ceil(rate * 0.1)
+        raw_changes += previous_raw is not None and raw != previous_raw
+        previous_raw = raw
+    pods = driver.pods()[150:]  # after five minutes of warm-up
+    changes = sum(a != b for a, b in itertools.pairwise(pods))
+    assert raw_changes > 500  # the measured rate alone would flap constantly
+    assert changes <= 6
+    assert min(pods) >= 5  # the margin keeps the mean load (5 pods) covered
+
+
+def test_zero_only_after_the_idle_period() -> None:
+    driver = Driver(WarmPolicy(cold_start_s=5, idle_to_zero_s=300), Ewma())
+    for t in range(0, 600, 10):
+        driver.step(t, 10.0)
+    for t in range(600, 1800, 10):  # idle from t=600
+        driver.step(t, 0.0)
+    zeros = [(t, d) for t, d in driver.decisions if d.pods == 0]
+    assert zeros, "never dropped to zero"
+    first_zero, decision = zeros[0]
+    assert first_zero >= 600 + 300
+    assert decision.rule == IDLE_ZERO
+    assert all(d.pods >= 1 for t, d in driver.decisions if t < 900)
+    assert all(d.pods == 0 for t, d in driver.decisions if t >= first_zero)
+    # The decay of the forecast matters too: zero waits until a request within the lead
+    # is unlikely (5%), not only for the idle clock.
+    assert first_zero < 600 + 300 + 120
+
+
+def test_zero_waits_for_a_forecast_burst() -> None:
+    """Seasonal: idle between daily bursts, but the policy does not drop to zero right
+    before the next one, and warms pods ahead of it."""
+
+    def burst(t: float) -> float:
+        return 100.0 if 9 * 3600 <= t % DAY_S < 9.5 * 3600 else 0.0
+
+    policy = WarmPolicy(cold_start_s=5, reaction_delay_s=15, idle_to_zero_s=300)
+    driver = Driver(policy, Seasonal(), service_time_s=0.1)
+    start_of_burst = 2 * DAY_S + 9 * 3600
+    for t in range(0, int(start_of_burst), 10):
+        driver.step(t, burst(t))
+    before = [(t, d) for t, d in driver.decisions if start_of_burst - 3600 <= t]
+    assert before[0][1].pods == 0  # asleep an hour before
+    warm = [t for t, d in before if d.pods >= 10]
+    assert warm, "did not pre-warm"
+    assert start_of_burst - policy.lead_s <= warm[0] < start_of_burst
+    assert driver.forecaster.last_rate == 0.0  # all of it before a single request
+
+
+def test_learned_idle_period_from_gaps() -> None:
+    policy = WarmPolicy(cold_start_s=5)
+    state = PolicyState()
+    assert policy.learned_idle_to_zero_s(state) == 600  # the default until 10 gaps
+    driver = Driver(policy, Stub())
+    t = 0
+    for gap in [100, 120, 80, 90, 110, 130, 100, 95, 105, 200]:
+        driver.step(t, 5.0)
+        t += 10
+        for _ in range(gap // 10):
+            driver.step(t, 0.0)
+            t += 10
+    driver.step(t, 5.0)
+    assert len(driver.state.idle_gaps) == 10
+    assert policy.learned_idle_to_zero_s(driver.state) == pytest.approx(200 * 1.1)
+    assert WarmPolicy(cold_start_s=5, idle_to_zero_s=45).learned_idle_to_zero_s(state) == 45
+
+
+def test_learned_idle_period_is_bounded() -> None:
+    policy = WarmPolicy(cold_start_s=5)
+    short = PolicyState(idle_gaps=[1.0] * 20)  # type: ignore[arg-type]
+    long = PolicyState(idle_gaps=[1e6] * 20)  # type: ignore[arg-type]
+    assert policy.learned_idle_to_zero_s(short) == policy.min_idle_to_zero_s
+    assert policy.learned_idle_to_zero_s(long) == policy.max_idle_to_zero_s
+
+
+def test_missing_data_holds_and_never_drops_to_zero() -> None:
+    driver = Driver(WarmPolicy(cold_start_s=5, idle_to_zero_s=300, stale_after_s=120), Ewma())
+    for t in range(0, 300, 10):
+        driver.step(t, 40.0)
+    held = driver.decisions[-1][1].pods
+    assert held == 4 + 0  # no error on a constant series: exactly Little's 4
+    for t in range(300, 5000, 10):  # the metrics source is gone
+        decision = driver.step(t, None)
+        assert decision.pods == held
+    assert decision.rule == STALE
+    assert "old" in decision.reason
+    assert driver.step(5000, 40.0).pods == held  # data again: back to deciding
+
+
+def test_no_data_at_all_sets_nothing_beyond_min_scale() -> None:
+    empty = WarmPolicy(cold_start_s=5).decide(0, Ewma(), 0.1, PolicyState())
+    assert (empty.pods, empty.rule) == (0, NO_DATA)
+    with_floor = WarmPolicy(cold_start_s=5, min_scale=2).decide(0, Ewma(), 0.1, PolicyState())
+    assert (with_floor.pods, with_floor.rule) == (2, FLOOR)
+    assert NO_DATA in with_floor.reason
+    seeded = WarmPolicy(cold_start_s=5).decide(0, Ewma(), 0.1, PolicyState(pods=3))
+    assert (seeded.pods, seeded.rule) == (3, STALE)
+
+
+def test_reasons_say_what_decided() -> None:
+    driver = Driver(WarmPolicy(cold_start_s=5, idle_to_zero_s=120, cooldown_s=30), Stub())
+    driver.step(0, 30.0)
+    driver.step(2, 80.0)
+    for t in range(4, 60, 2):
+        driver.step(t, 10.0)
+    for t in range(60, 400, 10):
+        driver.step(t, 0.0)
+    driver.step(1000, None)
+    rules = {d.rule for _, d in driver.decisions}
+    assert rules >= {INITIAL, SCALE_UP, COOLDOWN, SCALE_DOWN, STEADY, IDLE_ZERO, STALE}
+    by_rule = {d.rule: d.reason for _, d in driver.decisions}
+    assert "forecast" in by_rule[SCALE_UP] and "req/s" in by_rule[SCALE_UP]
+    assert "idle" in by_rule[IDLE_ZERO]
+    assert "lower for" in by_rule[COOLDOWN]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"cold_start_s": -1},
+        {"cold_start_s": math.nan},
+        {"cold_start_s": 1, "target_concurrency": 0},
+        {"cold_start_s": 1, "max_down_fraction": 0},
+        {"cold_start_s": 1, "min_scale": 5, "max_scale": 2},
+        {"cold_start_s": 1, "zero_risk": 1},
+    ],
+)
+def test_bad_settings_are_refused(settings: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        WarmPolicy(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("service_time_s", [-0.1, math.nan, math.inf])
+def test_bad_service_time_is_refused(service_time_s: float) -> None:
+    stub = Stub()
+    stub.observe(0, 1.0)
+    with pytest.raises(ValueError):
+        WarmPolicy(cold_start_s=5).decide(0, stub, service_time_s, PolicyState())
