@@ -107,10 +107,8 @@ class ControlPlane:
     def restart_apiserver(self) -> None:
         """Stop kube-apiserver and start it again on the same port and etcd; the other
         components reconnect on their own, as they do after a real API server restart."""
-        assert self._apiserver is not None
-        self._apiserver.stop()
-        self._apiserver.start()
-        self._wait_apiserver()
+        self.stop_apiserver()
+        self.start_apiserver()
 
     def stop_apiserver(self) -> None:
         """Take the API server away (for fault tests); `start_apiserver` brings it back."""

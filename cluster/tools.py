@@ -104,9 +104,6 @@ class Tools:
             )
         return self
 
-    def manifest(self) -> dict[str, object]:
-        return json.loads((self.root / STAMP).read_text())
-
 
 def locate(env: Mapping[str, str] | None = None) -> Tools:
     return Tools(cache_root(os.environ if env is None else env) / "cluster" / versions.key())

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from kindling.cluster.processes import free_port
+
 # The cluster tier's fixtures (`cluster`, `cluster_tools`, `api`, `namespace`): one
 # control plane per session for every folder that asks for it.
 pytest_plugins = ["tests.cluster.fixtures"]
@@ -74,12 +76,6 @@ def pytest_make_collect_report(
     report = yield
     _enforce_skip_policy(report)
     return report
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> int:

@@ -154,11 +154,13 @@ def test_gathered_root_runs_the_interpreter_in_a_chroot(tmp_path: Path) -> None:
     assert (root / "etc" / "ld.so.cache").is_file() and (root / "models").is_dir()
     for name in ("rootfs.py", "slim_venv.py"):
         shutil.copy(DOCKER / name, root / "tmp" / name)
+    # The copy as the chrooted interpreter sees it: a path inside `root`, not the host's.
+    script = "/" + str((root / "tmp" / "rootfs.py").relative_to(root))
     # As the Dockerfile runs it, but as root: pyenv's interpreter lives under /root (0700).
     # `verify` walks `email` (a package of the standard library, bytecode only now) and
     # checks TLS against the copied CA bundle and the passwd entry.
     run = subprocess.run(
-        [shutil.which("chroot") or "chroot", str(root), f"{venv}/bin/python", "/tmp/rootfs.py",
+        [shutil.which("chroot") or "chroot", str(root), f"{venv}/bin/python", script,
          "verify", "json", "ssl", "ctypes", "decimal", "lzma", "bz2", "uuid", "urllib.request",
          "asyncio", "--walk", "email"],
         env={"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"},
