@@ -39,6 +39,10 @@ QUEUE_PROXY_IMAGE = "kindling.local/queue-proxy@sha256:" + "0" * 64
 # The autoscaler publishes its own address for the activator in an EndpointSlice, which
 # refuses loopback addresses; no activator runs, so an unused address stands in.
 KNATIVE_POD_IP = "10.96.255.254"
+# client-go's defaults for the kube components (15 s, 10 s, 2 s) instead of Knative's
+# 60 s, 40 s, 10 s: a restarted controller takes a new identity (hostname_uuid,
+# knative.dev/pkg leaderelection.UniqueID) and must wait its old lease out.
+LEADER_ELECTION = {"lease-duration": "15s", "renew-deadline": "10s", "retry-period": "2s"}
 # Ready means leading: the reconcilers a Service needs, and the autoscaler's only bucket.
 KNATIVE_LEASES = frozenset(
     [
@@ -205,13 +209,18 @@ class ControlPlane:
     # -- the components -------------------------------------------------------------------
 
     def _process(
-        self, name: str, args: Sequence[str], env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        restart: bool = False,
     ) -> Process:
         process = Process(
             name,
             [str(self.tools.bin(name)), *args],
             self.workdir / f"{name}.log",
             {**os.environ, "KUBECONFIG": "", **(env or {})},
+            restart,
         )
         process.start()
         self._processes.append(process)
@@ -362,6 +371,8 @@ class ControlPlane:
             if doc["metadata"]["name"] == "config-deployment":
                 data["queue-sidecar-image"] = QUEUE_PROXY_IMAGE
                 data["registries-skipping-tag-resolving"] = SKIP_TAG_RESOLVING
+            if doc["metadata"]["name"] == "config-leader-election":
+                data.update(LEADER_ELECTION)
         self.apply(maps)
         watched = []
         for name in ("knative-controller", "knative-autoscaler"):
@@ -376,7 +387,9 @@ class ControlPlane:
                 "PROFILING_PORT": str(free_port()),
                 "METRICS_PROMETHEUS_PORT": str(free_port()),
             }
-            watched.append(self._process(name, [f"--kubeconfig={self.kubeconfig}"], env))
+            # Restarted when they exit, as their Deployments' pods would be.
+            process = self._process(name, [f"--kubeconfig={self.kubeconfig}"], env, restart=True)
+            watched.append(process)
 
         def leading() -> bool:
             from kubernetes import client

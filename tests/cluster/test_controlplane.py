@@ -269,7 +269,8 @@ def test_the_api_server_restarts_in_place_and_keeps_its_objects(
     )
     assert value.stdout == "value"
     # The other components rode the restart out: a new Deployment still gets its pods.
-    assert all(p.alive() for p in before)
+    # (Knative's run under restart, as their pods would: test_knative covers them.)
+    assert all(p.alive() for p in before if not p.restart)
     cluster.apply(
         _in_namespace([_deployment("after", 1, {"containers": [_container()]})], namespace)
     )

@@ -7,12 +7,15 @@ min-scale, not load, decides the replicas here."""
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from kindling.cluster.controlplane import ControlPlane
+from kindling.cluster.processes import wait_until
 from tests.cluster.fixtures import SAFETY_S, watch_until
 
 pytestmark = pytest.mark.cluster
@@ -121,3 +124,23 @@ def test_a_live_revisions_min_scale_becomes_replicas(
         "serving.knative.dev", "v1", namespace, "revisions"
     )
     assert [r["metadata"]["name"] for r in revisions["items"]] == [revision]
+
+
+def test_knative_serves_again_after_its_autoscaler_dies(
+    cluster: ControlPlane, api: Any, namespace: str
+) -> None:
+    """Knative's autoscaler panics on a watch tombstone (its lease tracker asserts every
+    deleted object is a Lease; client-go hands a DeletedFinalStateUnknown after a watch
+    gap such as an API server restart). In a cluster the kubelet restarts it; here the
+    control plane does, and it takes its bucket back under the same identity."""
+    (autoscaler,) = [p for p in cluster.processes if p.name == "knative-autoscaler"]
+    assert autoscaler.restart and autoscaler.proc is not None
+    before = autoscaler.restarts
+    os.kill(autoscaler.proc.pid, signal.SIGKILL)
+    wait_until(
+        lambda: autoscaler.restarts == before + 1 and autoscaler.alive(),
+        "the autoscaler's restart",
+        [autoscaler],
+    )
+    revision = _serve(cluster, "again", namespace)
+    _ready_pods(api, namespace, revision, 1)
