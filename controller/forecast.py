@@ -9,6 +9,8 @@ extension of Holt's method", Management Science 32(4)).
 
 `error()` is a time-aware EWMA of the absolute one-step error (the forecast made at the
 previous sample for this sample's time, against what came): the policy's safety margin.
+`expected` keeps that one-step forecast for the latest sample, so the policy can also judge
+each sample's surprise as a ratio (actual / expected) and remember bursts for longer.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class Forecaster(ABC):
         self._error = 0.0
         self.last_t: float | None = None
         self.last_rate: float | None = None
+        # The forecast made at the previous sample for the latest sample's time (None until
+        # a second sample): what `last_rate` is a surprise against.
+        self.expected: float | None = None
 
     def observe(self, t: float, rate: float) -> None:
         """Take the rate measured at time t. Refuses NaN, infinities, negative rates and
@@ -61,7 +66,8 @@ class Forecaster(ABC):
             dt = t - self.last_t
             if dt < 0:
                 raise ValueError(f"samples must come in time order: {t} after {self.last_t}")
-            miss = abs(rate - self.forecast(dt))
+            self.expected = self.forecast(dt)
+            miss = abs(rate - self.expected)
             self._error += (1 - decay(dt, self._error_half_life_s)) * (miss - self._error)
             self._update(t, rate, dt)
         self.last_t = t

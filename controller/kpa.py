@@ -45,7 +45,7 @@ Simplifications (the rest is line for line):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 # pkg/autoscaler/config/config.go: BucketSize, the width of one metric bucket.
@@ -413,7 +413,22 @@ class Kpa:
         if result.valid:  # tickScaler: an invalid result keeps the latest scale
             self.decider_pods = result.desired_pods
             self.excess_bc = result.excess_bc
-        # A change of the Active condition updates the PA, which re-enqueues it.
+        return self._settle(t, ready_pods)
+
+    def set_min_scale(self, t: float, ready_pods: int, min_scale: int) -> ScaleResult:
+        """A changed ``autoscaling.knative.dev/min-scale`` annotation: the PA reconciles
+        at once with the decider's latest result (kpa.go ReconcileKind reads
+        ``decider.Status.DesiredScale``; no decider tick), as an update to the PA does."""
+        if min_scale < 0:
+            raise ValueError(f"min-scale must be >= 0, got {min_scale}")
+        if min_scale != self.config.min_scale:
+            self.config = replace(self.config, min_scale=min_scale)
+            self.decider.config = self.config
+        return self._settle(t, ready_pods)
+
+    def _settle(self, t: float, ready_pods: int) -> ScaleResult:
+        """Reconcile the PA until its Active condition stops changing (a change updates the
+        PA, which re-enqueues it), and report where it settled."""
         for _ in range(3):
             before = self.active
             self._reconcile(t, ready_pods)

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embeddings": ("kindling.embeddings.cli", "load and serve word-vector tables"),
     "loadtest": ("kindling.loadtest.cli", "run the papers' workloads with Locust"),
     "cluster": ("kindling.cluster.cli", "build and run a test Kubernetes control plane"),
+    "controller": ("kindling.controller.cli", "pre-warm pods from the forecast request rate"),
 }
 
 

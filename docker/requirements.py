@@ -8,8 +8,7 @@ installs exactly what pyproject.toml declares and nothing is listed twice:
 - runtime-gpu: the same with `onnxruntime` swapped for `onnxruntime-gpu[cuda,cudnn]`, whose
   extras bring CUDA and cuDNN as nvidia-* wheels (onnxruntime's "Install ONNX Runtime",
   CUDA section: no CUDA base image needed);
-- controller: the `cluster` extra's `kubernetes` client only (not `cryptography`, which
-  only the test control plane's PKI uses).
+- controller: the `controller` extra (the `kubernetes` client and `prometheus_client`).
 """
 
 from __future__ import annotations
@@ -47,10 +46,9 @@ def requirements(image: str, pyproject: Path) -> list[str]:
             raise ValueError("pyproject.toml's dependencies no longer list onnxruntime")
         return swapped
     if image == "controller":
-        cluster = project["optional-dependencies"]["cluster"]
-        chosen = [req for req in cluster if requirement_name(req) == "kubernetes"]
-        if not chosen:
-            raise ValueError("pyproject.toml's cluster extra no longer lists kubernetes")
+        chosen = list(project["optional-dependencies"]["controller"])
+        if "kubernetes" not in {requirement_name(req) for req in chosen}:
+            raise ValueError("pyproject.toml's controller extra no longer lists kubernetes")
         return chosen
     raise ValueError(f"unknown image {image!r}: runtime, runtime-gpu or controller")
 

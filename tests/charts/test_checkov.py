@@ -31,7 +31,7 @@ EVERYTHING_RAW = (
     "embeddings.loader.tables[0].name=demo300", "embeddings.loader.tables[0].format=word2vec-bin",
     "embeddings.loader.tables[0].url=https://vectors.example.com/demo300.bin",
 )  # fmt: skip
-ANNOTATED = {"CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_38"}  # the controller's Deployment
+ANNOTATED = {"CKV_K8S_38"}  # the controller's Deployment
 
 
 def test_checkov_finds_nothing(helm: Helm, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from kubernetes.client.rest import ApiException
 from kindling.cluster import nodes
 from kindling.cluster.controlplane import ControlPlane
 from tests.charts.render import CHART, VALUES
-from tests.cluster.fixtures import SAFETY_S, watch_until
+from tests.cluster.fixtures import SAFETY_S, configuration_ready, watch_until
 
 pytestmark = pytest.mark.cluster
 
@@ -114,7 +114,7 @@ def test_install_upgrade_and_uninstall_leave_nothing_behind(
 
     models = ["kim-cnn", "sm-cnn", "mobilenet-v2", "squeezenet1-1", "resnet18", "minilm"]
     for model in models:
-        wait(cluster, namespace, "--for=condition=Ready", f"configuration/{RELEASE}-{model}")
+        configuration_ready(cluster, namespace, f"{RELEASE}-{model}")
     custom = client.CustomObjectsApi(api)
     revision = custom.get_namespaced_custom_object(
         "serving.knative.dev", "v1", namespace, "revisions", f"{RELEASE}-kim-cnn-00001"
@@ -230,7 +230,7 @@ def test_the_controller_may_do_what_it_needs_and_nothing_else(
     cluster: ControlPlane, api: Any, namespace: str
 ) -> None:
     install(cluster, namespace, sets=("models[0].name=squeezenet1_1",))
-    wait(cluster, namespace, "--for=condition=Ready", f"configuration/{RELEASE}-squeezenet1-1")
+    configuration_ready(cluster, namespace, f"{RELEASE}-squeezenet1-1")
     lease = f"{RELEASE}-controller"
     with cluster.service_account_client(namespace, lease) as controller:
         needed = [

@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kindling.controller.settings import ControllerSettings
 from kindling.embeddings.cli import _parser as embeddings_parser
 from kindling.embeddings.settings import EmbeddingSettings, parse_store_url
 from kindling.runtime.coldstart import ColdStartTimeline
@@ -307,6 +308,8 @@ def test_the_controller_role_is_least_privilege(render: Any) -> None:
             "resources": ["revisions"],
             "verbs": ["get", "list", "watch", "patch"],
         },
+        # No Prometheus URL: it scrapes the runtime pods itself, so it reads their addresses.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {
             "apiGroups": ["coordination.k8s.io"],
@@ -346,7 +349,22 @@ def test_the_controller_role_is_least_privilege(render: Any) -> None:
     ]
     controller = named(render("defaults.yaml"), "Deployment", f"{RELEASE}-controller")
     assert controller["spec"]["template"]["spec"]["serviceAccountName"] == f"{RELEASE}-controller"
-    assert runtime_container(controller)["command"] == ["kindling", "controller"]
+    assert runtime_container(controller)["command"] == ["kindling", "controller", "run"]
+    # Raw mode: the Deployments it may scale, handed over by name (it may not list them),
+    # as the controller's own settings read them.
+    raw_controller = named(raw, "Deployment", f"{RELEASE}-controller")
+    env = {e["name"]: e.get("value") for e in runtime_container(raw_controller)["env"]}
+    workloads = ControllerSettings.from_env(
+        {"KINDLING_NAMESPACE": NAMESPACE, "KINDLING_WORKLOADS": env["KINDLING_WORKLOADS"]}
+    ).raw_workloads()
+    assert sorted(w.deployment for w in workloads) == sorted(rules[0]["resourceNames"])
+    assert "KINDLING_WORKLOADS" not in {e["name"] for e in runtime_container(controller)["env"]}
+    with_prometheus = named(
+        render("defaults.yaml", sets=("controller.prometheusUrl=http://prometheus:9090",)),
+        "Role",
+        f"{RELEASE}-controller",
+    )
+    assert not any("pods" in r["resources"] for r in with_prometheus["rules"])
 
 
 def test_controller_off_renders_none_of_it(render: Any) -> None:
@@ -656,21 +674,41 @@ def test_network_policies_select_the_right_pods(render: Any, values: str) -> Non
     namespaces = [
         rule["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
         for rule in runtime["ingress"]
+        if "namespaceSelector" in rule["from"][0]
     ]
+    # The controller scrapes the runtimes' /metrics itself (no Prometheus URL is set), on
+    # the metrics port alone.
+    has_controller = any(component(labels) == "controller" for labels in pods.values())
+    scrapers = [r for r in runtime["ingress"] if "podSelector" in r["from"][0]]
+    assert len(scrapers) == has_controller
+    for scraper in scrapers:
+        assert scraper["ports"] == [{"port": 8080, "protocol": "TCP"}]
+        assert {
+            component(labels)
+            for labels in pods.values()
+            if selects(scraper["from"][0]["podSelector"], labels)
+        } == {"controller"}
     # The ingress path; and Prometheus, on the metrics port alone, where listed.
     assert namespaces[0] == (
         ["ingress-nginx"]
         if values == "raw.yaml"
         else ["knative-serving", "kourier-system", "istio-system"]
     )
+    no_ingress = policies[f"{RELEASE}-no-ingress"]
+    assert no_ingress["ingress"] == []
+    closed = {
+        component(labels) for labels in pods.values() if selects(no_ingress["podSelector"], labels)
+    }
     if values == "model-cache.yaml":
         assert namespaces[1] == ["monitoring"]
         assert runtime["ingress"][1]["ports"] == [{"port": 8080, "protocol": "TCP"}]
-    no_ingress = policies[f"{RELEASE}-no-ingress"]
-    assert no_ingress["ingress"] == []
-    assert {
-        component(labels) for labels in pods.values() if selects(no_ingress["podSelector"], labels)
-    } <= {"controller", "loader"}
+        # Prometheus may scrape the controller too, there and on that port only.
+        controller = policies[f"{RELEASE}-controller"]
+        assert controller["ingress"][0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+        assert "controller" not in closed
+    else:
+        assert ("controller" in closed) == has_controller
+    assert closed <= {"controller", "loader"}
     if f"{RELEASE}-redis" in policies:
         redis = policies[f"{RELEASE}-redis"]
         assert {n for n, labels in pods.items() if selects(redis["podSelector"], labels)} == {

@@ -94,3 +94,14 @@ def pytest_runtest_makereport(
         for process in plane.processes:
             report.sections.append((f"{process.name} log (tail)", process.tail(15)))
     return report
+
+
+def configuration_ready(cluster: ControlPlane, namespace: str, name: str) -> None:
+    """Wait until Knative Service `name`'s Configuration is Ready (its latest Revision is).
+    Knative's controller creates the Configuration a moment after the Service, and a
+    condition wait on an object not there yet fails at once: wait for it to exist first."""
+    for condition in ("create", "condition=Ready"):
+        cluster.kubectl(
+            "wait", f"--for={condition}", f"configuration/{name}", "-n", namespace,
+            f"--timeout={SAFETY_S}s",
+        )  # fmt: skip

@@ -16,7 +16,7 @@ from kubernetes import client
 
 from kindling.cluster.controlplane import ControlPlane
 from kindling.cluster.processes import wait_until
-from tests.cluster.fixtures import SAFETY_S, watch_until
+from tests.cluster.fixtures import configuration_ready, watch_until
 
 pytestmark = pytest.mark.cluster
 
@@ -61,13 +61,7 @@ def _serve(cluster: ControlPlane, name: str, namespace: str) -> str:
     """Apply a Knative Service with min-scale 1; its first Revision's name, once its
     Configuration is Ready (which it is when that Revision is)."""
     cluster.apply(_knative_service(name, namespace))
-    # The controller creates the Configuration a moment later, and a plain wait on an
-    # object that is not there yet fails at once: wait for it to exist first.
-    for condition in ("create", "condition=Ready"):
-        cluster.kubectl(
-            "wait", f"--for={condition}", f"configuration/{name}", "-n", namespace,
-            f"--timeout={SAFETY_S}s",
-        )  # fmt: skip
+    configuration_ready(cluster, namespace, name)
     return f"{name}-00001"
 
 

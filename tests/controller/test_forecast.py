@@ -150,6 +150,21 @@ def test_error_grows_on_a_surprise_and_decays_after() -> None:
     assert trail[-1] < 0.01 * peak  # the level caught up; the error half-life let it go
 
 
+@pytest.mark.parametrize("forecaster", all_forecasters(), ids=lambda f: type(f).__name__)
+def test_expected_is_the_one_step_forecast_each_sample_met(forecaster: Forecaster) -> None:
+    """What the policy's burst memory judges a sample against: the forecast made at the
+    previous sample for this sample's time, before this sample moved the forecaster."""
+    assert forecaster.expected is None
+    forecaster.observe(0, 10.0)
+    assert forecaster.expected is None  # nothing forecast the first sample
+    feed(forecaster, [(t, 10.0) for t in every(15, 15, 600)])
+    assert forecaster.expected == pytest.approx(10.0)
+    ahead = forecaster.forecast(15)
+    forecaster.observe(600, 30.0)
+    assert forecaster.expected == ahead
+    assert forecaster.last_rate == 30.0
+
+
 def daily(t: float) -> float:
     """5 req/s, with a burst of 100 req/s from 09:00 to 09:30 every day."""
     return 100.0 if 9 * 3600 <= t % DAY_S < 9.5 * 3600 else 5.0

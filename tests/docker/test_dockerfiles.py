@@ -148,9 +148,9 @@ def test_gpu_requirements_swap_onnxruntime_for_its_cuda_build() -> None:
     assert after == "onnxruntime-gpu[cuda,cudnn]" + before.removeprefix("onnxruntime")
 
 
-def test_controller_requirements_are_the_kubernetes_client_only() -> None:
+def test_controller_requirements_are_its_api_client_and_metrics_only() -> None:
     controller = reqs.requirements("controller", PYPROJECT)
-    assert [reqs.requirement_name(r) for r in controller] == ["kubernetes"]
+    assert [reqs.requirement_name(r) for r in controller] == ["kubernetes", "prometheus-client"]
 
 
 def test_unknown_image_is_refused() -> None:

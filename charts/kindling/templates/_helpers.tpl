@@ -325,3 +325,13 @@ REDISCLI_AUTH="$(cat /etc/redis-auth/password)" && export REDISCLI_AUTH && [ "$(
     claimName: {{ .Values.modelCache.existingClaim }}
 {{- end }}
 {{- end -}}
+
+{{/* kindling.controller.workloads: raw mode's Deployments for the controller, as JSON (its Role may scale them by name, not list them). */}}
+{{- define "kindling.controller.workloads" -}}
+{{- $workloads := list -}}
+{{- range $model := include "kindling.models" . | fromYamlArray -}}
+{{- $ctx := dict "root" $ "model" $model -}}
+{{- $workloads = append $workloads (dict "deployment" (include "kindling.model.name" $ctx) "model" $model.name "hpa" $model.autoscaling.hpa.enabled) -}}
+{{- end -}}
+{{- toJson $workloads -}}
+{{- end -}}

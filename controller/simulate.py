@@ -1,0 +1,204 @@
+"""Simulate one model's pods under each policy on the same arrivals, and sweep the knobs.
+
+    run_policy("kindling", workload, profile, seed) -> SimResult
+
+A deterministic discrete-event simulation (sim_pods.Engine) of a Knative revision, fed
+one workload (workloads.py) and the model's measured cold-start and service-time samples
+(profiles.py). Every policy sees the same arrivals and the same service time per request
+(common random numbers), so differences are the policies'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kindling.controller.baselines import HybridHistogram, KeepAlive, Kindling, KnativeKpa
+from kindling.controller.forecast import Ewma, Forecaster, Holt, Seasonal
+from kindling.controller.kpa import KpaConfig
+from kindling.controller.policy import WarmPolicy
+from kindling.controller.profiles import Profile
+from kindling.controller.sim_pods import Engine, Timeline
+from kindling.controller.workloads import DIURNAL_DAY_S, Workload
+
+POLICIES = ("knative-kpa", "keepalive-10m", "hybrid-histogram", "kindling")
+# The SLO a request is judged by: 250 ms end to end. A warm MobileNetV2 request takes
+# ~7-12 ms here (profiles.json), a cold one waits for a ~0.4 s runtime start, so the SLO
+# separates "served warm, perhaps queued" from "waited on a pod start".
+SLO_MS = 250.0
+# Kindling's scrape interval: Prometheus' rate over a 15 s scrape (a common
+# scrape_interval; the controller's own /metrics scrape uses the same).
+SCRAPE_S = 15.0
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    container_concurrency: int = 1
+    pod_overhead_s: float = 0.0
+    slo_ms: float = SLO_MS
+    scrape_s: float = SCRAPE_S
+    forecaster: str = "holt"
+    # Knobs the Pareto sweep turns (defaults: each policy as published).
+    margin_k: float = 2.0
+    keep_alive_s: float = 600.0
+    hybrid_head: float = 0.05
+    hybrid_tail: float = 0.99
+    hybrid_margin: float = 0.10
+    kpa_utilization: float = 0.7
+    # Arrivals before this are not counted, nor pod-seconds before it: every policy starts
+    # from the same arbitrary state (one warm pod, no history), and the transient is
+    # deleted as a steady-state simulation does (Law & Kelton, "Simulation Modeling and
+    # Analysis", warm-up period). 60 s: one KPA stable window, four Kindling samples.
+    warmup_s: float = 60.0
+
+
+@dataclass
+class SimResult:
+    policy: str
+    workload: str
+    requests: int
+    cold_requests: int
+    p50_ms: float
+    p99_ms: float
+    slo_ms: float
+    slo_violations: int
+    pod_seconds: float
+    unserved: int
+    knob: dict[str, float] = field(default_factory=dict)
+    timeline: Timeline | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.pop("timeline")
+        for key in ("p50_ms", "p99_ms", "pod_seconds"):
+            doc[key] = round(doc[key], 3)
+        return doc
+
+
+def make_forecaster(name: str, workload: Workload) -> Forecaster:
+    if name == "holt":
+        return Holt()
+    if name == "ewma":
+        return Ewma()
+    if name == "seasonal":
+        # The diurnal workload's compressed day; 96 bins of it, as forecast.py's default.
+        return Seasonal(period_s=DIURNAL_DAY_S if workload.name == "diurnal" else 86_400.0)
+    raise ValueError(f"unknown forecaster {name!r} (holt, ewma, seasonal)")
+
+
+def make_policy(name: str, profile: Profile, workload: Workload, opts: SimOptions) -> Any:
+    kpa_config = KpaConfig(
+        container_concurrency=opts.container_concurrency,
+        target_utilization=opts.kpa_utilization,
+    )
+    if name == "knative-kpa":
+        return KnativeKpa(kpa_config)
+    if name == "keepalive-10m":
+        return KeepAlive(opts.keep_alive_s)
+    if name == "hybrid-histogram":
+        return HybridHistogram(opts.hybrid_head, opts.hybrid_tail, opts.hybrid_margin)
+    if name == "kindling":
+        policy = WarmPolicy(
+            cold_start_s=profile.median_cold_start_s + opts.pod_overhead_s,
+            target_concurrency=kpa_config.target,
+            margin_k=opts.margin_k,
+        )
+        return Kindling(
+            policy=policy,
+            forecaster=make_forecaster(opts.forecaster, workload),
+            service_time_s=profile.mean_service_s,
+            scrape_s=opts.scrape_s,
+            config=kpa_config,
+        )
+    raise ValueError(f"unknown policy {name!r} (known: {', '.join(POLICIES)}, all)")
+
+
+def run_policy(
+    name: str,
+    workload: Workload,
+    profile: Profile,
+    seed: int = 0,
+    opts: SimOptions | None = None,
+    knob: dict[str, float] | None = None,
+) -> SimResult:
+    opts = opts or SimOptions()
+    # Common random numbers: one service time per request, the same for every policy.
+    service = profile.sample_service(np.random.default_rng([seed, 1]), workload.requests)
+    engine = Engine(
+        workload.arrivals,
+        service,
+        workload.end_s,
+        np.random.default_rng([seed, 2]),
+        np.asarray(profile.cold_start_s),
+        opts.container_concurrency,
+        opts.pod_overhead_s,
+    )
+    policy = make_policy(name, profile, workload, opts)
+    engine.run(policy)
+    since = min(opts.warmup_s, workload.end_s)
+    latency_ms = engine.latencies_s(since) * 1e3
+    counted = engine.counted(since)
+    served = len(latency_ms)
+    requests = int(counted.sum())
+    unserved = requests - served
+    p50, p99 = (float(np.percentile(latency_ms, q)) if served else float("nan") for q in (50, 99))
+    return SimResult(
+        policy=name,
+        workload=workload.name,
+        requests=requests,
+        cold_requests=int(engine.cold[: engine.arrived][counted].sum()),
+        p50_ms=p50,
+        p99_ms=p99,
+        slo_ms=opts.slo_ms,
+        slo_violations=int((latency_ms > opts.slo_ms).sum()) + unserved,
+        pod_seconds=engine.pod_seconds(since),
+        unserved=unserved,
+        knob=knob or {},
+        timeline=engine.timeline,
+    )
+
+
+def run_all(
+    names: list[str], workload: Workload, profile: Profile, seed: int, opts: SimOptions
+) -> list[SimResult]:
+    return [run_policy(n, workload, profile, seed, opts) for n in names]
+
+
+# -- the Pareto sweep ------------------------------------------------------------------------
+
+# Each policy's knob and the values swept; the published default is among them.
+SWEEPS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "knative-kpa": ("kpa_utilization", (0.3, 0.5, 0.7, 0.9)),
+    "keepalive-10m": ("keep_alive_s", (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)),
+    "hybrid-histogram": ("hybrid_margin", (0.0, 0.1, 0.5, 1.0, 3.0, 9.0)),
+    "kindling": ("margin_k", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)),
+}
+
+
+def sweep(
+    names: list[str], workload: Workload, profile: Profile, seed: int, opts: SimOptions
+) -> dict[str, list[SimResult]]:
+    out: dict[str, list[SimResult]] = {}
+    for name in names:
+        knob, values = SWEEPS[name]
+        runs = []
+        for value in values:
+            o = SimOptions(**{**asdict(opts), knob: value})
+            result = run_policy(name, workload, profile, seed, o, {knob: value})
+            result.timeline = None
+            runs.append(result)
+        out[name] = runs
+    return out
+
+
+def dominates(a: SimResult, b: SimResult) -> bool:
+    """a is no worse than b on cold requests and pod-seconds, and better on one."""
+    no_worse = a.cold_requests <= b.cold_requests and a.pod_seconds <= b.pod_seconds
+    return no_worse and (a.cold_requests < b.cold_requests or a.pod_seconds < b.pod_seconds)
+
+
+def frontier_dominates(ours: list[SimResult], theirs: list[SimResult]) -> bool:
+    """Every point of `theirs` is dominated by some point of `ours`."""
+    return all(any(dominates(a, b) for a in ours) for b in theirs)

@@ -1,0 +1,190 @@
+"""The simulator against hand-built arrivals: cold-request counting, the KPA model (panic,
+scale to zero, activator buffering), the keep-alive and hybrid baselines, the CLI, and the
+Goal on a seeded MMPP-200 hour. Simulated time only; everything is seeded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kindling.controller import profiles, simcli, workloads
+from kindling.controller.baselines import HybridHistogram, KeepAlive, KnativeKpa
+from kindling.controller.sim_pods import Engine
+from kindling.controller.simulate import (
+    POLICIES,
+    SimOptions,
+    dominates,
+    run_policy,
+    sweep,
+)
+
+COLD_S = 0.5
+
+
+def engine(arrivals: list[float], service_s: float, end_s: float) -> Engine:
+    a = np.asarray(arrivals, dtype=float)
+    return Engine(
+        a, np.full(len(a), service_s), end_s, np.random.default_rng(0), np.array([COLD_S])
+    )
+
+
+def pods_at(e: Engine, second: int) -> int:
+    return e.timeline.pods[second - 1]  # timeline index k covers (k, k+1]
+
+
+def test_cold_request_is_one_that_waited_on_a_pod_start() -> None:
+    e = engine([0.1, 0.1, 0.2], service_s=1.0, end_s=5.0)
+    e.run(KeepAlive(600.0))
+    # The first finds the warm pod; the next two start pods and wait for them.
+    assert e.cold.tolist() == [False, True, True]
+    assert e.latencies_s().tolist() == pytest.approx([1.0, COLD_S + 1.0, COLD_S + 1.0])
+
+
+def test_queued_behind_a_busy_warm_pod_is_not_cold() -> None:
+    e = engine([0.0, 0.1], service_s=0.2, end_s=5.0)
+    e.run(KeepAlive(600.0))
+    # The second request starts a pod, but the warm one frees first and serves it.
+    assert e.cold.tolist() == [False, False]
+    assert e.latencies_s().tolist() == pytest.approx([0.2, 0.3])
+
+
+def test_keep_alive_expires_after_the_window() -> None:
+    for window, cold in ((600.0, True), (800.0, False)):
+        e = engine([1.0, 700.0], service_s=0.1, end_s=710.0)
+        e.run(KeepAlive(window))
+        assert e.cold.tolist() == [False, cold]
+
+
+def test_kpa_scales_to_zero_a_stable_window_after_traffic() -> None:
+    # One request at 10 s; with target-burst-capacity 211 and containerConcurrency 1 the
+    # activator is always in the path, so the pod goes when the stable window (60 s) has
+    # passed without traffic, on the first 2 s tick after it (kpa.py's finding).
+    e = engine([10.0], service_s=0.01, end_s=200.0)
+    e.run(KnativeKpa())
+    last = next(s for s in range(200, 0, -1) if pods_at(e, s) > 0)
+    assert pods_at(e, 60) == 1
+    assert 70 <= last + 1 <= 74
+
+
+def test_activator_buffers_while_no_pod_is_ready() -> None:
+    e = engine([10.0, 150.0, 150.2], service_s=0.01, end_s=200.0)
+    policy = KnativeKpa()
+    e.run(policy)
+    assert pods_at(e, 140) == 0
+    # The request at 150 s is held until a pod the poke started is ready.
+    assert e.cold.tolist() == [False, True, True]
+    lat = e.latencies_s()
+    assert lat[1] == pytest.approx(COLD_S + 0.01)
+    assert lat[2] <= COLD_S - 0.2 + 0.02 + 1e-9  # waited on the same start
+
+
+def test_kpa_panics_on_a_burst_and_leaves_after_a_stable_window() -> None:
+    arrivals = [float(t) for t in np.arange(1, 20, 0.5)] + [20.0 + i * 0.001 for i in range(60)]
+    e = engine(arrivals, service_s=0.05, end_s=200.0)
+    policy = KnativeKpa()
+    states: list[tuple[int, bool]] = []
+    original = policy.on_second
+
+    def spy(eng: Engine, t: float) -> None:
+        original(eng, t)
+        states.append((int(t), policy.kpa.decider.panicking))
+
+    policy.on_second = spy  # type: ignore[method-assign]
+    e.run(policy)
+    panic = [t for t, p in states if p]
+    assert panic and 20 < panic[0] <= 24  # the burst's concurrency is seen within a tick
+    # No new over-threshold reading after the burst: out a stable window later.
+    assert 80 <= panic[-1] <= 88
+    assert max(e.timeline.pods[20:30]) > 1  # scaled up while panicking
+    assert max(e.timeline.pods[30:80]) == max(e.timeline.pods[20:30])  # no scale-down
+
+
+def test_hybrid_histogram_learns_prewarm_and_keep_alive() -> None:
+    # A request every 5 minutes: idle times ~300 s, all in bin 4 of 1-minute bins.
+    arrivals = [1.0 + 300.0 * i for i in range(20)]
+    e = engine(arrivals, service_s=0.1, end_s=6200.0)
+    policy = HybridHistogram()
+    e.run(policy)
+    assert policy.representative()
+    assert policy.prewarm_s() == pytest.approx(4 * 60 * 0.9)  # head bin 4, less 10%
+    assert policy.window_s() == pytest.approx(5 * 60 * 1.1)  # tail bin 4's end, plus 10%
+    # Once learned, the pod is unloaded during the gap and loaded just before the next.
+    assert not e.cold[3:].any()
+    keep = engine(arrivals, service_s=0.1, end_s=6200.0)
+    keep.run(KeepAlive(600.0))
+    assert e.pod_seconds() < 0.5 * keep.pod_seconds()
+
+
+def test_hybrid_falls_back_to_the_range_when_not_representative() -> None:
+    policy = HybridHistogram()
+    assert not policy.representative()
+    assert policy.prewarm_s() == 0.0
+    assert policy.window_s() == 4 * 3600.0
+
+
+def test_every_policy_runs_on_the_same_arrivals() -> None:
+    profile = profiles.load()
+    w = workloads.make("mmpp-40", seed=0, duration_s=200.0)
+    results = [run_policy(name, w, profile, seed=0) for name in POLICIES]
+    assert {r.requests for r in results} == {int(np.sum(w.arrivals >= 60.0))}
+    assert all(r.unserved == 0 and r.pod_seconds > 0 for r in results)
+    again = run_policy("kindling", w, profile, seed=0)
+    assert again.to_json() == results[-1].to_json()
+
+
+def test_cli_json_plot_and_pareto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--workload", "mmpp-40", "--duration", "150", "--policy", "all", "--json"]
+    assert simcli.main([*argv, "--plot", str(tmp_path / "plots")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [d["policy"] for d in doc] == list(POLICIES)
+    keys = {"policy", "workload", "requests", "cold_requests", "p50_ms", "p99_ms", "pod_seconds"}
+    assert all(keys <= d.keys() and d["workload"] == "mmpp-40" for d in doc)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
+        f"mmpp-40-{p}.png" for p in POLICIES
+    )
+    argv = ["--workload", "mmpp-40", "--duration", "100", "--pareto", str(tmp_path / "par")]
+    assert simcli.main(argv) == 0
+    points = json.loads((tmp_path / "par" / "pareto-mmpp-40.json").read_text())
+    assert set(points["points"]) == set(POLICIES)
+    assert (tmp_path / "par" / "pareto-mmpp-40.png").stat().st_size > 0
+
+
+def test_cli_bad_trace_is_a_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("nope\n")
+    assert simcli.main(["--workload", "trace", "--trace", str(bad)]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mmpp-40", "mmpp-120", "mmpp-200"])
+def test_goal_on_mmpp_hours(name: str) -> None:
+    """Kindling's margin sweep dominates keep-alive 10 min and the hybrid histogram on each
+    MMPP workload (the Goal asks 2 of 3), and on MMPP-200 its default has >= 80% fewer cold
+    requests than the KPA at <= 1.25x its pod-seconds (seed 0, one hour of paper 001's
+    MMPP, mobilenet_v2's measured profile)."""
+    profile = profiles.load()
+    w = workloads.make(name, seed=0, duration_s=3600.0)
+    r = {policy: run_policy(policy, w, profile, seed=0) for policy in POLICIES}
+    kpa, ours = r["knative-kpa"], r["kindling"]
+    if name == "mmpp-200":
+        assert ours.cold_requests <= 0.2 * kpa.cold_requests
+        assert ours.pod_seconds <= 1.25 * kpa.pod_seconds
+    swept = sweep(["kindling"], w, profile, 0, SimOptions())["kindling"]
+    for baseline in ("keepalive-10m", "hybrid-histogram"):
+        assert any(dominates(k, r[baseline]) for k in swept), baseline
+
+
+def test_goal_on_the_diurnal_workload() -> None:
+    """The same Goal on two compressed days of the diurnal curve with x3 bursts about
+    every 5 minutes and no warning: the burst memory (policy.py) carries it; the error
+    margin alone forgets each burst before the next (46% fewer cold requests, before)."""
+    profile = profiles.load()
+    w = workloads.make("diurnal", seed=0)
+    kpa = run_policy("knative-kpa", w, profile, seed=0)
+    ours = run_policy("kindling", w, profile, seed=0)
+    assert ours.requests == kpa.requests > 700_000
+    assert ours.cold_requests <= 0.2 * kpa.cold_requests
+    assert ours.pod_seconds <= 1.25 * kpa.pod_seconds
