@@ -20,7 +20,7 @@ reqs = load("requirements")
 IMAGES = {
     "Dockerfile.runtime": ["serve"],
     "Dockerfile.runtime-gpu": ["serve"],
-    "Dockerfile.controller": ["controller"],
+    "Dockerfile.controller": ["controller", "run"],
 }
 
 
