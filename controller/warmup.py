@@ -25,7 +25,7 @@ from kindling.controller.targets import Target
 
 log = logging.getLogger(__name__)
 
-# The runtime's readiness endpoint (runtime/app.py, KServe open inference protocol v2).
+# The runtime's readiness endpoint (runtime/rest.py, KServe open inference protocol v2).
 READY_PATH = "/v2/health/ready"
 
 

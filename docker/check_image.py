@@ -36,7 +36,6 @@ import selectors
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,15 +50,12 @@ import numpy as np
 import tritonclient.http as httpclient
 import yaml
 
+# Run with the repository's venv (VENV_KINDLING below), where kindling is installed.
+from kindling.cluster.processes import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_KINDLING = Path(sys.executable).parent / "kindling"
 SAFETY_NET_S = 120.0  # not a measure: how long a start may take before the check gives up
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the image -------------------------------------------------------------------------------

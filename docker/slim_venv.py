@@ -274,7 +274,9 @@ def trim(
 
 
 def check(modules: list[str], walk: list[str], exclude: frozenset[str]) -> int:
-    """Import `modules`, and every module of the packages in `walk`; how many."""
+    """Import `modules`, and every module of the packages in `walk` but those in `exclude`
+    (a name ending in `*` excludes every module it prefixes); how many."""
+    prefixes = tuple(e[:-1] for e in exclude if e.endswith("*"))
     count = 0
     for name in modules:
         importlib.import_module(name)
@@ -283,7 +285,7 @@ def check(modules: list[str], walk: list[str], exclude: frozenset[str]) -> int:
         module = importlib.import_module(package)
         count += 1
         for info in pkgutil.walk_packages(module.__path__, prefix=f"{package}."):
-            if info.name not in exclude:
+            if info.name not in exclude and not info.name.startswith(prefixes or ("\0",)):
                 importlib.import_module(info.name)
                 count += 1
     return count

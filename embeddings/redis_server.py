@@ -13,15 +13,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from kindling.cluster.processes import free_port as any_free_port
 from kindling.errors import DependencyUnavailable
 
 
 def free_port(with_bus: bool = False) -> int:
     """A port nobody listens on; with_bus also needs port + 10000 (Redis Cluster's bus)."""
     for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = any_free_port()
         if not with_bus:
             return port
         if port + 10000 < 65536:

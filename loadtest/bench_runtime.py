@@ -84,6 +84,20 @@ def raw_session(model_path: Path, threads: int):  # noqa: ANN201 (onnxruntime ty
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
+def describe_options(threads: int) -> str:
+    """What the raw baseline runs with: Kindling's session options, read back from them."""
+    from kindling.runtime.session import session_options
+
+    options = session_options(threads)
+    spin = options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    return (
+        f"session_options({threads}): {options.intra_op_num_threads} intra-op threads, "
+        f"{options.inter_op_num_threads} inter-op, sequential, spinning "
+        f"{'on' if spin else 'off'} (KINDLING_SPIN=auto, as served; "
+        "loadtest/bench_spinning.py compares both ways and onnxruntime's defaults)"
+    )
+
+
 def raw_throughput(session, batch_sizes: list[int], seconds: float) -> dict[int, float]:  # noqa: ANN001
     rng = np.random.default_rng(0)
     result = {}
@@ -323,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     r50, s50 = percentile(raw_lat, 50) * 1e3, percentile(served_lat, 50) * 1e3
     f50, c50, c1 = (statistics.median(v) for v in (floor, cold, cold_first))
     print(
-        f"kindling runtime benchmark: {MODEL}, {threads} intra-op threads, {os.cpu_count()} cores\n"
+        f"kindling runtime benchmark: {MODEL}, {threads} intra-op threads, {os.cpu_count()} cores"
     )
+    print(f"raw onnxruntime: {describe_options(threads)}\n")
     print(f"{'':34}{'raw onnxruntime':>18}{'served (OIP binary)':>22}{'delta / ratio':>16}")
     print(f"{'latency c=1 p50 (ms)':34}{r50:18.2f}{s50:22.2f}{s50 - r50:+15.2f}ms")
     per_round = round_deltas(latency_rounds, "served", "raw")

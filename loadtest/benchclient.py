@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# One free-port helper for the repository (tests/conftest.py uses it too); re-exported
+# for the benchmarks that import it from here.
+from kindling.cluster.processes import free_port as free_port
 
 
 def percentile(values: list[float], q: float) -> float:

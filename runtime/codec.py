@@ -239,12 +239,7 @@ def decode_request(
 def _decode_doc(
     header: bytes | memoryview, binary: memoryview, budget: float, max_json_bytes: int | None
 ) -> InferRequest:
-    try:
-        doc = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("request body must be a JSON object")
+    doc = json_object(header)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("request must have a non-empty 'inputs' list")
@@ -291,6 +286,17 @@ def _decode_doc(
         id=request_id,
         parameters=parameters,
     )
+
+
+def json_object(body: bytes | memoryview) -> dict[str, Any]:
+    """A request body that must be one JSON object; 400 otherwise."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return doc
 
 
 def _json_type(value: Any) -> str:

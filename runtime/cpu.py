@@ -41,3 +41,20 @@ def available_cpus(root: Path = CGROUP_ROOT) -> int:
     if limit is not None:
         cores = min(cores, math.ceil(limit))
     return max(1, cores)
+
+
+def spinning_by_default(threads: int, root: Path = CGROUP_ROOT) -> bool:
+    """Whether onnxruntime's idle threads should spin (KINDLING_SPIN=auto): only when a CFS
+    quota covers every one of the `threads` intra-op threads.
+
+    Measured with loadtest/bench_spinning.py (MobileNetV2, 2 threads, 2-core VM; README
+    "Latency"): spinning cuts latency at concurrency 1 by 0.6-1.2 ms wherever the cores
+    are free, and costs 15-25 % more CPU per request. Under a quota of 2 CPUs nothing was
+    throttled either way; under 1.5 or 1 CPU it was throttled more (1 CPU, concurrency 1:
+    3.4 s against 1.6 s) and p99 rose (1.5 CPUs: 21-27 ms against 11-12). With no quota
+    the pod shares the node's cores (and takes one thread per core): beside one busy
+    process, spinning made latency 2.1-6.6 ms worse, throughput 30-36 % lower and CPU per
+    request 70-90 % higher. The runtime cannot see its neighbours, so without a quota it
+    does not spin."""
+    limit = cgroup_cpu_limit(root)
+    return limit is not None and limit >= threads

@@ -171,9 +171,77 @@ class Request:
     def too_large(self) -> bool:
         return isinstance(self._error, PayloadTooLarge)
 
-    # -- fed by the protocol ------------------------------------------------------------
+    @classmethod
+    def refusal(cls, error: KindlingError, budget: BodyBudget) -> Request:
+        """Not a request: the answer to a stream the parser rejected, `error`."""
+        refused = cls("GET", "", {}, 0, budget)
+        refused._refused = refused._complete = True
+        refused._error = error
+        return refused
 
-    def _feed(self, chunk: bytes) -> None:
+    # -- the protocol's view -----------------------------------------------------------
+
+    @property
+    def refused(self) -> KindlingError | None:
+        """The error to answer, for a `refusal`; None for a request."""
+        return self._error if self._refused else None
+
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived."""
+        return self._complete
+
+    @property
+    def received(self) -> int:
+        """Body bytes received so far."""
+        return self._size
+
+    @property
+    def discarding(self) -> bool:
+        """Answered already: the rest of the body is read and dropped."""
+        return self._discard
+
+    @property
+    def direct(self) -> bool:
+        """The body is read from the socket straight into one buffer, past the parser."""
+        return self._declared > 0
+
+    @property
+    def took_spare(self) -> bool:
+        """Its buffer is the connection's spare, with that buffer's share of the budget."""
+        return self._buffer is not None
+
+    @property
+    def awaiting_continue(self) -> bool:
+        """The client waits for `100 Continue` before sending the body."""
+        return self._continue is not None
+
+    def expect_continue(self, send: Callable[[], None]) -> None:
+        """`send` writes the 100 Continue: on the handler's first read of the body."""
+        self._continue = send
+
+    def receive_into(self, scratch: memoryview) -> memoryview:
+        """Where the socket's next bytes of a direct body go: the rest of its buffer, grown
+        as needed, or `scratch` (at most the rest of the body) once it is refused or
+        answered."""
+        buffer = self._buffer
+        size = self._size
+        if buffer is None or size == len(buffer):
+            # Grown here, not in `received_direct`: asyncio's loop still holds the last
+            # view of the buffer there, and a bytearray with a view can't be resized.
+            if self._error is None and not self._discard and self._grow(size + 1):
+                buffer = self._buffer
+            else:
+                return scratch[: min(self._declared - size, len(scratch))]
+        return memoryview(buffer)[size:]  # type: ignore[arg-type]
+
+    def received_direct(self, nbytes: int) -> bool:
+        """`nbytes` more of a direct body arrived; True once it is all in."""
+        self._size += nbytes
+        return self._size == self._declared
+
+    def feed(self, chunk: bytes) -> None:
+        """Bytes of the body, de-chunked by the parser."""
         if self._discard or self._error is not None:
             return
         size = self._size
@@ -183,7 +251,7 @@ class Request:
             if (buffer is not None and end <= len(buffer)) or self._grow(end):
                 self._buffer[size:end] = chunk  # type: ignore[index]  # the parser guards the length
         elif end > self._limit:
-            self._fail(PayloadTooLarge(f"request body exceeds the limit of {self._limit} bytes"))
+            self.fail(PayloadTooLarge(f"request body exceeds the limit of {self._limit} bytes"))
         elif end - DIRECT_BODY_BYTES <= self._reserved or self._charge(end - DIRECT_BODY_BYTES):
             # A body smaller than a read buffer is not counted against the budget.
             self._chunks.append(chunk)
@@ -195,7 +263,7 @@ class Request:
         have = 0 if buffer is None else len(buffer)
         size = min(self._declared, max(need, 2 * have, BODY_STEP_BYTES))
         if not self._budget.take(size - have):
-            self._fail(self._budget.refusal())
+            self.fail(self._budget.refusal())
             return False
         self._reserved += size - have
         if buffer is None:
@@ -208,16 +276,44 @@ class Request:
         """Count a de-chunked body's bytes against the budget, doubling as for `_grow`."""
         step = max(size, 2 * self._reserved, BODY_STEP_BYTES) - self._reserved
         if not self._budget.take(step):
-            self._fail(self._budget.refusal())
+            self.fail(self._budget.refusal())
             return False
         self._reserved += step
         return True
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
+        """The body is complete."""
         self._complete = True
         self._wake()
 
-    def _fail(self, error: KindlingError) -> None:
+    def discard(self) -> None:
+        """The request was answered before its body arrived: drop what came and what will."""
+        self._discard = True
+        self._drop_body()
+
+    async def discarded(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the rest of a discarded body; True if it came."""
+        if not self._complete:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout_s)
+            except TimeoutError:
+                return False
+        return self._complete
+
+    def take_buffer(self) -> bytearray | None:
+        """The body's buffer, with its share of the budget, if the body is complete and
+        nothing else references the buffer (for the connection's next request); else None,
+        and the buffer is the handler's, or garbage."""
+        buffer, self._buffer = self._buffer, None
+        # Two references: `buffer` and getrefcount's argument. Anything else (the handler,
+        # a memoryview or an ndarray over it, a batch still running) holds one more.
+        if buffer is None or not self._complete or sys.getrefcount(buffer) != 2:
+            return None
+        self._reserved -= len(buffer)  # its share of the budget goes with it
+        return buffer
+
+    def fail(self, error: KindlingError) -> None:
         """The body will not be delivered: `error` is what body() raises. What it held goes
         now, even if the request itself lives on (a handler still running)."""
         if self._error is None:
@@ -233,7 +329,7 @@ class Request:
             self._budget.give(self._reserved)
             self._reserved = 0
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """The request is done with: let go of its body and of its error, whose traceback's
         frames hold this request (a cycle that only a full garbage collection would free,
         with the body in it)."""
@@ -317,6 +413,50 @@ class App:
             return self.error(KindlingError(f"internal error: {type(exc).__name__}"))
 
 
+class FlowControl:
+    """Back-pressure on one connection, after uvicorn's `protocols/flow_control.py`:
+    reading paused while too many pipelined requests wait, writing paused while the
+    transport's buffer is full (asyncio's pause_writing/resume_writing)."""
+
+    __slots__ = ("_transport", "_writable", "reading")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.reading = True
+        self._writable: asyncio.Future[None] | None = None
+
+    @property
+    def write_paused(self) -> bool:
+        return self._writable is not None
+
+    def pause_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> bool:
+        """Resume if paused; True if it was."""
+        if self.reading:
+            return False
+        self.reading = True
+        self._transport.resume_reading()
+        return True
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        """The transport drained (or the connection is gone): wake whoever waits."""
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    async def drain(self) -> None:
+        """Until the transport can take more."""
+        if self._writable is not None:
+            await self._writable
+
+
 class _Clock:
     """The Date header (RFC 9110 §6.6.1), formatted once per second."""
 
@@ -368,8 +508,8 @@ class HttpProtocol(asyncio.BufferedProtocol):
         """When writing last paused, or the client was last seen reading while paused."""
         self._write_left = 0
         """Bytes waiting to be written, as of `_write_paused_at`."""
-        self._reading = True
-        self._writable: asyncio.Future[None] | None = None
+        self._flow: FlowControl | None = None
+        """Made with the transport, in connection_made."""
         self._close_after = False  # an upgrade or a refusal: answer, then close
         self._direct: Request | None = None
         self._spare: bytearray | None = None
@@ -380,6 +520,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._flow = FlowControl(transport)  # type: ignore[arg-type]
         server = self._server
         if len(server.connections) >= server.max_connections:
             server.over_capacity(self)
@@ -395,9 +536,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self._timer = None
         gone = InvalidInput("client disconnected before sending the whole body")
         for request in self._pending:
-            request._fail(gone)
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
+            request.fail(gone)
+        if self._flow is not None:
+            self._flow.resume_writing()
         if self._worker is None:
             self._forget()
         # else the worker, woken by the failures above, forgets when it ends
@@ -406,25 +547,14 @@ class HttpProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         direct = self._direct
         if direct is not None:
-            buffer = direct._buffer
-            size = direct._size
-            if buffer is None or size == len(buffer):
-                # Grown here, not in buffer_updated: asyncio's loop still holds the last
-                # view of the buffer there, and a bytearray with a view can't be resized.
-                if direct._error is None and not direct._discard and direct._grow(size + 1):
-                    buffer = direct._buffer
-                else:  # refused or answered: the rest is read into scratch and dropped
-                    rest = min(direct._declared - size, READ_BUFFER_BYTES)
-                    return self._server.read_buffer[:rest]
-            return memoryview(buffer)[size:]  # type: ignore[arg-type]
+            return direct.receive_into(self._server.read_buffer)
         return self._server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_read = self._loop.time()
         direct = self._direct
         if direct is not None:
-            direct._size += nbytes
-            if direct._size == direct._declared:
+            if direct.received_direct(nbytes):
                 # The parser never saw this body: a fresh one starts at the next message.
                 self._direct = None
                 self._parser = httptools.HttpRequestParser(self)
@@ -432,7 +562,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
             return
         self._feed(self._server.read_buffer[:nbytes])
         request = self._parsing
-        if request is not None and request._declared and not self._close_after:
+        if request is not None and request.direct and not self._close_after:
             self._direct = request  # the rest of its body comes past the parser
 
     def _feed(self, data: memoryview) -> None:
@@ -444,7 +574,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
             # No protocol upgrades (h2c, websockets): answer this request, then close.
             self._close_after = True
             if self._parsing is not None:
-                self._parsing._fail(InvalidInput("protocol upgrades are not supported"))
+                self._parsing.fail(InvalidInput("protocol upgrades are not supported"))
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__  # what one of our callbacks raised
             if not isinstance(cause, KindlingError):
@@ -455,15 +585,15 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self._refuse(InvalidInput(f"malformed HTTP request: {exc}"))
 
     def pause_writing(self) -> None:
-        self._writable = self._loop.create_future()
+        assert self._flow is not None
+        self._flow.pause_writing()
         self._write_paused_at = self._loop.time()
         self._write_left = 1 << 62  # measured at the first check
         self._arm(self._write_paused_at + self._server.tick_s)
 
     def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
+        assert self._flow is not None
+        self._flow.resume_writing()
 
     # -- httptools callbacks ----------------------------------------------------------------
 
@@ -511,28 +641,29 @@ class HttpProtocol(asyncio.BufferedProtocol):
             server.budget,
             self._spare,
         )
-        if request._buffer is not None:
+        if request.took_spare:
             self._spare = None  # taken, with its share of the budget
         request.keep_alive = parser.should_keep_alive()
         if headers.get("expect", "").lower() == "100-continue" and not request.too_large:
-            request._continue = self._send_continue  # the body timer starts with the 100
+            request.expect_continue(self._send_continue)  # the body timer starts with the 100
         else:
             self._body_since = self._last_read
             self._arm(self._last_read + server.body_timeout_s)
         self._parsing = request
         self._pending.append(request)
         if len(self._pending) > MAX_PIPELINED:
-            self._pause_reading()
+            assert self._flow is not None
+            self._flow.pause_reading()
         if self._worker is None:
             self._worker = self._loop.create_task(self._serve())
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
-            self._parsing._feed(body)
+            self._parsing.feed(body)
 
     def on_message_complete(self) -> None:
         if self._parsing is not None:
-            self._parsing._finish()
+            self._parsing.finish()
             self._parsing = None
 
     # -- serving ----------------------------------------------------------------------------
@@ -557,10 +688,13 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 self._arm(self._idle_since + self._server.keep_alive_s)
 
     async def _serve_pending(self, transport: asyncio.Transport) -> None:
+        flow = self._flow
+        assert flow is not None
         while self._pending:
             request = self._pending[0]
-            if request._refused:
-                response = self._app.error(request._error)  # type: ignore[arg-type]
+            refused = request.refused
+            if refused is not None:
+                response = self._app.error(refused)
             else:
                 response = await self._app.respond(request)
             if transport.is_closing():
@@ -576,31 +710,19 @@ class HttpProtocol(asyncio.BufferedProtocol):
             if not keep_alive:
                 transport.close()
                 return
-            if not request._complete:
+            if not request.complete:
                 # Answered before its body arrived (an unknown model, a 413): read the
                 # rest and drop it, so the connection stays usable and the client, still
                 # sending, gets its answer rather than a reset.
-                request._discard = True
-                request._drop_body()
-                if not await self._await_body(request):
+                request.discard()
+                if not await request.discarded(self._server.keep_alive_s):
                     transport.close()
                     return
             self._pending.popleft()
             self._recycle(request)
-            if not self._reading and len(self._pending) <= MAX_PIPELINED:
-                self._reading = True
-                transport.resume_reading()
+            if len(self._pending) <= MAX_PIPELINED and flow.resume_reading():
                 self._restart_clocks()
-            if self._writable is not None:
-                await self._writable
-
-    async def _await_body(self, request: Request) -> bool:
-        request._waiter = self._loop.create_future()
-        try:
-            await asyncio.wait_for(request._waiter, self._server.keep_alive_s)
-        except TimeoutError:
-            return False
-        return request._complete
+            await flow.drain()
 
     def _write(self, request: Request, response: Response, keep_alive: bool) -> None:
         assert self._transport is not None
@@ -633,16 +755,14 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self._transport.write(body)
 
     def _recycle(self, request: Request) -> None:
-        buffer, request._buffer = request._buffer, None
-        # Two references: `buffer` and getrefcount's argument. Anything else (the handler,
-        # a memoryview or an ndarray over it, a batch still running) holds one more.
-        if buffer is not None and request._complete and sys.getrefcount(buffer) == 2:
-            self._drop_spare()
-            self._spare = buffer
-            request._reserved -= len(buffer)  # its share of the budget stays with the spare
-        request._release()
+        buffer = request.take_buffer()
+        if buffer is not None:
+            self.drop_spare()
+            self._spare = buffer  # its share of the budget stays with the spare
+        request.release()
 
-    def _drop_spare(self) -> None:
+    def drop_spare(self) -> None:
+        """Give the spare body buffer back to the budget."""
         spare, self._spare = self._spare, None
         if spare is not None:
             self._server.budget.give(len(spare))
@@ -652,10 +772,10 @@ class HttpProtocol(asyncio.BufferedProtocol):
         the next full garbage collection (the parser and this protocol reference each
         other, so nothing they hold is freed by reference counting alone)."""
         for request in self._pending:
-            request._release()
+            request.release()
         self._pending.clear()
         self._parsing = self._direct = None
-        self._drop_spare()
+        self.drop_spare()
 
     def _refuse(self, error: KindlingError) -> None:
         """Stop reading the stream, which can't resync: the request being parsed fails with
@@ -668,12 +788,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._head_since = None
         request = self._parsing
         if request is not None:
-            request._fail(error)
+            request.fail(error)
             return
-        refused = Request("GET", "", {}, 0, self._server.budget)
-        refused._refused = refused._complete = True
-        refused._error = error
-        self._pending.append(refused)
+        self._pending.append(Request.refusal(error, self._server.budget))
         if self._worker is None:
             self._worker = self._loop.create_task(self._serve())
 
@@ -687,11 +804,6 @@ class HttpProtocol(asyncio.BufferedProtocol):
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._body_since = self._last_read = self._loop.time()
             self._arm(self._last_read + self._server.body_timeout_s)
-
-    def _pause_reading(self) -> None:
-        if self._reading and self._transport is not None:
-            self._reading = False
-            self._transport.pause_reading()
 
     def _restart_clocks(self) -> None:
         """Reading resumed: the time it was paused was ours, not the client's."""
@@ -722,7 +834,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
         server = self._server
         now = self._loop.time()
         deadline = now + server.tick_s  # when no phase is due: look again then
-        if self._writable is not None:
+        flow = self._flow
+        assert flow is not None
+        if flow.write_paused:
             left = transport.get_write_buffer_size()
             if left < self._write_left:  # the client read some: a slow reader, not gone
                 self._write_left, self._write_paused_at = left, now
@@ -730,7 +844,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 transport.abort()  # close() would wait for the client to read
                 return
         request = self._parsing
-        if self._close_after or not self._reading:
+        if self._close_after or not flow.reading:
             pass  # a refusal is being answered, or the client waits on us
         elif self._head_since is not None:
             due = self._head_since + server.header_timeout_s
@@ -742,15 +856,15 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 )
             else:
                 deadline = min(deadline, due)
-        elif request is not None and request._continue is None:
+        elif request is not None and not request.awaiting_continue:
             timeout = server.body_timeout_s
             due = min(
                 self._last_read + timeout,
-                self._body_since + timeout + request._size / MIN_BODY_RATE,
+                self._body_since + timeout + request.received / MIN_BODY_RATE,
             )
             if now < due:
                 deadline = min(deadline, due)
-            elif request._discard:
+            elif request.discarding:
                 transport.close()  # already answered: the rest of its body is not coming
                 return
             else:
@@ -771,6 +885,17 @@ class HttpProtocol(asyncio.BufferedProtocol):
         """Close now if idle; otherwise the response in flight says `connection: close`."""
         if self._worker is None and not self._pending and self._transport is not None:
             self._transport.close()
+
+    def refuse(self, response: Response) -> None:
+        """Answer `response` before reading anything, and close (over capacity)."""
+        self._write(Request("GET", "", {}, 0, self._server.budget), response, False)
+        assert self._transport is not None
+        self._transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping what is unsent (the drain's deadline passed)."""
+        if self._transport is not None:
+            self._transport.abort()
 
 
 @dataclass(frozen=True)
@@ -836,9 +961,7 @@ class HttpServer:
             log.warning("%d connections open: refusing more", len(self.connections))
             self._at_capacity = True
         busy = ServerBusy(f"the server has {self.max_connections} connections open")
-        connection._write(Request("GET", "", {}, 0, self.budget), self.app.error(busy), False)
-        assert connection._transport is not None
-        connection._transport.close()
+        connection.refuse(self.app.error(busy))
 
     def connection_closed(self) -> None:
         if len(self.connections) < self.max_connections:
@@ -849,7 +972,7 @@ class HttpServer:
     def _drop_spares(self) -> None:
         """The budget is short: idle buffers kept for reuse go first."""
         for connection in self.connections:
-            connection._drop_spare()
+            connection.drop_spare()
 
     async def drain(self, timeout_s: float) -> None:
         """Stop accepting, let requests in flight finish (up to `timeout_s`), close the rest."""
@@ -867,5 +990,4 @@ class HttpServer:
                     "%d connections still busy after %.0f s", len(self.connections), timeout_s
                 )
         for connection in list(self.connections):
-            if connection._transport is not None:
-                connection._transport.abort()
+            connection.abort()

@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 
 from kindling.errors import InvalidInput, KindlingError, MethodNotAllowed, RouteNotFound
-from kindling.runtime.app import error_body
 from kindling.runtime.codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -29,6 +28,7 @@ from kindling.runtime.codec import (
     encode_response,
 )
 from kindling.runtime.dataplane import DataPlane
+from kindling.runtime.responses import error_body
 
 
 def never_503(status: int) -> int:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
     from kindling.embeddings.lookup import EmbeddingStore
     from kindling.runtime.preprocess import Preprocessor
+
+log = logging.getLogger("kindling.runtime")
 
 ORT_TYPES: dict[str, type] = {
     "tensor(float)": np.float32,
@@ -134,7 +136,7 @@ class Model:
         cache_path = optimized_path(path, chosen, cache_dir) if settings.optimized_cache else None
         try:
             self.session, self.optimized_cache_hit = create_session(
-                path, threads, chosen, cache_path
+                path, threads, chosen, cache_path, settings.spin
             )
         except ModelLoadError as exc:
             raise self._evicted(exc) from exc
@@ -154,7 +156,7 @@ class Model:
             session_path = cache_path if self.optimized_cache_hit else path
 
             def make_session() -> ort.InferenceSession:
-                return create_session(session_path, threads, chosen, None)[0]  # type: ignore[arg-type]
+                return create_session(session_path, threads, chosen, None, settings.spin)[0]  # type: ignore[arg-type]
 
             pads = {n: v for n, v in self.pad_values.items() if v is not None}
             self.runner = BucketedSession(
@@ -218,7 +220,7 @@ class Model:
             try:
                 self.runner.warm(self._warmup_feed, self._output_names)
             except Exception as exc:  # warming is an optimization: a cold bucket still works
-                print(f"kindling: warming {self.name}'s buckets failed: {exc!r}", file=sys.stderr)
+                log.warning("warming %s's buckets failed: %r", self.name, exc)
 
     def save_optimized_cache(self) -> None:
         """Write the optimized graph for the next cold start (off the critical path)."""
@@ -230,10 +232,7 @@ class Model:
         try:
             save_optimized(*pending)
         except Exception as exc:  # a cache is an optimization: never fail serving for it
-            print(
-                f"kindling: not caching the optimized graph of {self.name}: {exc!r}",
-                file=sys.stderr,
-            )
+            log.warning("not caching the optimized graph of %s: %r", self.name, exc)
 
     # -- serving ----------------------------------------------------------------------
 
@@ -278,16 +277,21 @@ class Model:
         return dict(zip(self._output_names, results, strict=True))
 
     def metadata(self, timeline: ColdStartTimeline) -> dict[str, Any]:
-        parameters: dict[str, Any] = {
+        """OIP model metadata. Its `parameters` are flat (the spec's $parameters allow
+        strings, numbers and booleans only): the cold-start phases become
+        `cold_start_{phase}_s` (`cold_start_model_ready_s`), the resources
+        `resources_{name}` (`resources_memory`)."""
+        parameters: dict[str, str | int | float | bool] = {
             "state": self.state.value,
             "execution_provider": self.provider,
             "optimized_cache_hit": self.optimized_cache_hit,
             "max_batch_size": self.config.max_batch_size,
-            "cold_start_s": timeline.phases(self.name),
         }
-        if self.config.resources:
-            # What a pod serving this model should request (config.yaml, `resources`).
-            parameters["resources"] = self.config.resources
+        for phase, seconds in timeline.phases(self.name).items():
+            parameters[f"cold_start_{phase}_s"] = seconds
+        # What a pod serving this model should request (config.yaml, `resources`).
+        for key, value in self.config.resources.items():
+            parameters[f"resources_{key}"] = str(value)
         if self.error:
             parameters["error"] = self.error
         return {

@@ -8,7 +8,7 @@ messages follow the Python runtime (apache/openwhisk-runtime-python) and the Go 
 proxy it runs on (apache/openwhisk-runtime-go); the module docstrings of action.py and
 the README ("OpenWhisk") say what action code gets.
 
-On the runtime's own HTTP server like app.py, for the same cold-start reason.
+On the runtime's own HTTP server like rest.py, for the same cold-start reason.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from kindling.errors import (
     RouteNotFound,
 )
 from kindling.runtime import action
-from kindling.runtime.app import error_body, error_response
 from kindling.runtime.cpu import available_cpus
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.httpserver import JSON, App, Request, Response
 from kindling.runtime.imageaction import ImageAction, never_503, text_media
+from kindling.runtime.responses import error_body, error_response
 from kindling.runtime.settings import ServerSettings
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.httpserver import App, HttpServer, Limits
@@ -28,6 +28,15 @@ IDLE_BEFORE_BACKGROUND_S = 1.0
 # never does.
 KEEP_ALIVE_S = 5.0
 OPENWHISK_KEEP_ALIVE_S = 3600.0
+
+
+class SideServer(Protocol):
+    """Another listener over the same data plane (gRPC), started after the HTTP server
+    binds and drained with it."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace_s: float) -> None: ...
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -90,6 +99,7 @@ def run_app(
     graceful_timeout_s: float,
     after_listen: Callable[[], Coroutine[Any, Any, None]] | None = None,
     limits: Limits | None = None,
+    side: SideServer | None = None,
 ) -> int:
     """Serve `app` on uvloop until SIGTERM or SIGINT, then drain; 1 if the port can't be
     bound. `after_listen` starts once the socket is bound, and is cancelled on stop. The
@@ -109,13 +119,23 @@ def run_app(
             log.error("cannot listen on %s:%d: %s", host, port, exc)
             return 1
         log.info("serving on http://%s:%d", host, port)
+        if side is not None:
+            try:
+                await side.start()
+            except OSError as exc:
+                log.error("cannot start the gRPC server: %s", exc)
+                await server.drain(0)
+                return 1
         task = loop.create_task(after_listen()) if after_listen is not None else None
         await stop.wait()
         exit_within(graceful_timeout_s)
         log.info("draining: %d connections open", len(server.connections))
         if task is not None:
             task.cancel()
-        await server.drain(graceful_timeout_s)
+        if side is None:
+            await server.drain(graceful_timeout_s)
+        else:
+            await asyncio.gather(server.drain(graceful_timeout_s), side.stop(graceful_timeout_s))
         if app.shutdown is not None:
             await app.shutdown()
         return 0
@@ -131,9 +151,21 @@ def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics
 
         app = create_openwhisk_app(settings, plane, loader)
     else:
-        from kindling.runtime.app import create_app
+        from kindling.runtime.rest import create_app
 
         app = create_app(settings, plane)
+    side = None
+    if settings.grpc_port is not None and not settings.openwhisk:
+        # Imported only when enabled: grpcio and protobuf stay off the REST cold start.
+        from kindling.runtime.grpc_service import GrpcServer
+
+        side = GrpcServer(
+            plane,
+            settings.host,
+            settings.grpc_port,
+            settings.max_body_bytes,
+            settings.max_json_bytes,
+        )
     metrics.timeline.mark("imports")
     configure_logging(settings.log_level)
 
@@ -153,4 +185,5 @@ def serve(settings: ServerSettings, loader: ModelLoader, metrics: RuntimeMetrics
         settings.graceful_timeout_s,
         after_listen,
         Limits.of(settings),
+        side,
     )

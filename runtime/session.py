@@ -15,6 +15,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from kindling.errors import ModelLoadError
+from kindling.runtime.cpu import spinning_by_default
 
 # CUDA first for the GPU pool; CPU is always there (ORT docs, "Execution providers").
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -45,15 +46,20 @@ def with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]
     return [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, spin: bool | None = None) -> ort.SessionOptions:
+    """Kindling's options: `threads` intra-op threads, run in order; `spin` whether idle
+    pool threads busy-wait for work (None: as `cpu.spinning_by_default` decides)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning threads burn the pod's CPU quota between requests and get throttled by
-    # CFS exactly when the next request arrives (ORT perf tuning docs: allow_spinning).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # ORT's thread pool spins by default (ORT docs, "Thread management": allow_spinning):
+    # it saves the wake-up of each parallel section and spends a core while it spins;
+    # auto spins only under a quota that covers every thread (cpu.spinning_by_default has
+    # the measurements).
+    flag = "1" if (spinning_by_default(threads) if spin is None else spin) else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", flag)
+    options.add_session_config_entry("session.inter_op.allow_spinning", flag)
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
     return options
 
@@ -106,14 +112,15 @@ def create_session(
     threads: int,
     providers: list[str],
     cache_path: Path | None = None,
+    spin: bool | None = None,
 ) -> tuple[ort.InferenceSession, bool]:
     """Create the session, from the optimized copy at `cache_path` when there is one.
 
     Returns the session and whether the optimized copy was used. Writing that copy is
     left to `save_optimized`, after the server is ready: saving costs as much again as
-    optimizing, and a cold start must not pay for the next one.
+    optimizing, and a cold start must not pay for the next one. `spin`: ServerSettings.spin.
     """
-    options = session_options(threads)
+    options = session_options(threads, spin)
     if cache_path is not None and cache_path.is_file():
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
@@ -124,7 +131,7 @@ def create_session(
         except Exception:  # ORT's own exception types
             # A corrupt or incompatible cache entry must never take the model down.
             cache_path.unlink(missing_ok=True)
-            options = session_options(threads)
+            options = session_options(threads, spin)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         session = ort.InferenceSession(str(model_path), options, providers=with_options(providers))

@@ -47,10 +47,17 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     """--port, then $PORT (Knative's runtime contract), then 8080."""
+    grpc_port: int | None = None
+    """KINDLING_GRPC_PORT: also serve OIP over gRPC (inference.GRPCInferenceService) on this
+    port; unset, gRPC is off and not imported. Needs the `grpc` extra; OIP mode only."""
     models: tuple[str, ...] = ()
     """KINDLING_MODELS: serve only these (comma-separated); empty serves all."""
     threads: int | None = None
     """KINDLING_THREADS: onnxruntime intra-op threads; None follows the cgroup CPU limit."""
+    spin: bool | None = None
+    """KINDLING_SPIN: auto, on or off: whether onnxruntime's idle threads busy-wait for
+    work; auto (None) spins only under a CFS quota of at least one CPU per intra-op
+    thread (cpu.spinning_by_default, README "Latency")."""
     max_body_bytes: int = 64 * 1024 * 1024
     """KINDLING_MAX_BODY_BYTES: larger requests get 413 (64 MiB fits a batch of 100 images)."""
     max_json_bytes: int = 10 * 1024 * 1024
@@ -174,8 +181,14 @@ class ServerSettings:
         # interface"); only Knative's runtime contract hands the port over in $PORT.
         if env.get("PORT") and (not openwhisk or platform == "knative"):
             values["port"] = _number(env, "PORT", int, DEFAULT_PORT)
+        if env.get("KINDLING_GRPC_PORT"):
+            values["grpc_port"] = _number(env, "KINDLING_GRPC_PORT", int, 0)
         if env.get("KINDLING_THREADS"):
             values["threads"] = _number(env, "KINDLING_THREADS", int, 1)
+        spin = env.get("KINDLING_SPIN", "").strip().lower() or "auto"
+        if spin not in ("auto", "on", "off"):
+            raise ConfigError(f"KINDLING_SPIN must be auto, on or off, got {spin!r}")
+        values["spin"] = {"auto": None, "on": True, "off": False}[spin]
         if env.get("KINDLING_MODEL_URI_SCHEMES"):
             values["uri_schemes"] = _csv(env["KINDLING_MODEL_URI_SCHEMES"])
         if env.get("KINDLING_CACHE_DIR"):
@@ -208,6 +221,8 @@ class ServerSettings:
             )
         if not 0 < settings.port < 65536:
             raise ConfigError(f"port must be in 1..65535, got {settings.port}")
+        if settings.grpc_port is not None and not 0 < settings.grpc_port < 65536:
+            raise ConfigError(f"KINDLING_GRPC_PORT must be in 1..65535, got {settings.grpc_port}")
         return settings
 
 

@@ -9,7 +9,7 @@ from kindling.errors import (
     MethodNotAllowed,
     ModelNotReady,
 )
-from kindling.runtime.app import error_response
+from kindling.runtime.responses import error_response
 
 
 def test_retry_after_is_whole_seconds_and_at_least_one():

@@ -13,7 +13,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kindling.cluster.processes import free_port
 from kindling.loadtest import benchclient as client
 from kindling.loadtest.peers.catalog import Peer
 from kindling.loadtest.peers.process import PeakRss, Server
@@ -32,12 +32,6 @@ from kindling.loadtest.requests import Tensor, encode_binary, encode_json
 SERVERS = Path(__file__).resolve().parent / "servers"
 MIB = 1024 * 1024
 START_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile_ms(values: list[float], q: float) -> float:

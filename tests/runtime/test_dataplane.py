@@ -94,7 +94,7 @@ def test_once_requests_overlap_they_go_to_the_inference_thread(monkeypatch):
     monkeypatch.setattr(
         dataplane,
         "time",
-        SimpleNamespace(monotonic=clock.monotonic, perf_counter=time.perf_counter),
+        SimpleNamespace(monotonic=clock.monotonic, perf_counter=time.perf_counter, time=time.time),
     )
     model = FakeModel()
 

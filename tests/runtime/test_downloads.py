@@ -553,3 +553,19 @@ def test_sigterm_ends_the_process_whatever_a_thread_is_blocked_on():
             process.kill()
         process.wait()
         process.stdout.close()
+
+
+@pytest.mark.parametrize(("spin", "flag"), [(True, "1"), (False, "0")])
+def test_the_spin_setting_reaches_the_served_session(tmp_path, tiny_onnx, spin, flag):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.onnx").write_bytes(tiny_onnx)
+    settings = ServerSettings(
+        model_repository=tmp_path, cache_dir=tmp_path / "cache", optimized_cache=False, spin=spin
+    )
+    model = Model(ModelConfig.from_dict(tiny_config("m"), tmp_path / "m"))
+    timeline = ColdStartTimeline(started_at=time.time())
+    model.fetch(settings, timeline)
+    model.load(settings, 1, timeline, embedding_store=lambda: pytest.fail("no store"))
+    assert model.state is ModelState.READY, model.error
+    options = model.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == flag

@@ -83,4 +83,4 @@ def test_resources_are_in_the_model_metadata(
     runtime = serve(start_runtime, minilm_copy(model_repository / "minilm", tmp_path / "r"))
     status, body = runtime.get("/v2/models/minilm")
     assert status == 200
-    assert json.loads(body)["parameters"]["resources"] == {"memory": "448Mi"}
+    assert json.loads(body)["parameters"]["resources_memory"] == "448Mi"

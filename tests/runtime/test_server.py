@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,7 +18,9 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 import yaml
+from google.protobuf import json_format
 from tokenizers import Tokenizer
+from tritonclient.grpc import model_config_pb2
 
 from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.settings import EmbeddingSettings
@@ -167,8 +169,49 @@ def test_server_and_model_metadata(client, runtime):
     assert runtime.get("/v2/models/mobilenet_v2/versions/1")[0] == 200
 
 
+def test_every_sample_models_config_parses_as_tritons_model_config(client):
+    for model in SAMPLE_MODELS:
+        doc = client.get_model_config(model)
+        # No unknown fields: Triton's tools read it with this same proto.
+        config = json_format.ParseDict(doc, model_config_pb2.ModelConfig())
+        assert config.name == model and config.platform == "onnxruntime_onnx"
+        assert all(t.data_type != model_config_pb2.TYPE_INVALID for t in config.input)
+
+
+def test_triton_repository_and_statistics_extensions(model_repository, start_runtime):
+    runtime = start_runtime(model_repository, models=("squeezenet1_1",))
+    client = triton.InferenceServerClient(runtime.url)
+    try:
+        extensions = client.get_server_metadata()["extensions"]
+        assert "model_repository" in extensions and "statistics" in extensions
+        assert client.get_model_repository_index() == [
+            {"name": "squeezenet1_1", "version": "1", "state": "READY", "reason": ""}
+        ]
+        config = config_of(model_repository, "squeezenet1_1")
+        rng = np.random.default_rng(3)
+        for _ in range(2):
+            infer(client, config, sample_inputs(config, batch=1, rng=rng), True)
+        (stats,) = client.get_inference_statistics("squeezenet1_1")["model_stats"]
+        assert (stats["name"], stats["version"]) == ("squeezenet1_1", "1")
+        assert stats["inference_count"] == 2 and stats["execution_count"] == 2
+        assert stats["inference_stats"]["success"]["count"] == 2
+        assert stats["inference_stats"]["compute_infer"]["ns"] > 0
+        assert stats["batch_stats"][0]["batch_size"] == 1
+        every = client.get_inference_statistics()["model_stats"]
+        assert [s["name"] for s in every] == ["squeezenet1_1"]
+    finally:
+        client.close()
+
+
 def test_cold_start_phases_are_reported(client, runtime):
-    phases = client.get_model_metadata("squeezenet1_1")["parameters"]["cold_start_s"]
+    parameters = client.get_model_metadata("squeezenet1_1")["parameters"]
+    # Flat (OIP $parameters hold no objects): one cold_start_{phase}_s key per phase.
+    assert all(isinstance(v, str | int | float | bool) for v in parameters.values())
+    phases = {
+        k.removeprefix("cold_start_").removesuffix("_s"): v
+        for k, v in parameters.items()
+        if k.startswith("cold_start_")
+    }
     for phase in ("start", "imports", "ready", "model_fetched", "model_session", "model_warmup"):
         assert phase in phases
     assert phases["model_fetched"] <= phases["model_session"] <= phases["model_warmup"]
@@ -521,29 +564,37 @@ def test_server_survives_bad_requests(client, model_repository):
 # -- lifecycle ------------------------------------------------------------------------
 
 
+def sigterm_mid_request(runtime: RuntimeProcess, call: Callable[[], np.ndarray]) -> int:
+    """SIGTERM `runtime` while `call` (a batch of 16 resnet18 images, any transport) is in
+    flight; the call must still get its logits. The process's exit code."""
+    outcome: dict = {}
+
+    def caller() -> None:
+        try:
+            outcome["result"] = call()
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    _wait_in_flight(runtime, "resnet18")
+    runtime.process.terminate()
+    thread.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].shape == (16, 1000)
+    return runtime.process.wait(30)
+
+
 def test_sigterm_lets_in_flight_requests_finish(model_repository, start_runtime):
     runtime = start_runtime(model_repository, models=("resnet18",))
     config = config_of(model_repository, "resnet18")
     inputs = sample_inputs(config, batch=16, rng=np.random.default_rng(4))
-    outcome: dict = {}
 
-    def call() -> None:
-        client = triton.InferenceServerClient(runtime.url, network_timeout=120)
-        try:
-            outcome["result"] = infer(client, config, inputs, True).as_numpy("logits")
-        except Exception as exc:  # reported by the assertion below
-            outcome["error"] = exc
-        finally:
-            client.close()
+    def call() -> np.ndarray:
+        with triton.InferenceServerClient(runtime.url, network_timeout=120) as client:
+            return infer(client, config, inputs, True).as_numpy("logits")
 
-    caller = threading.Thread(target=call)
-    caller.start()
-    _wait_in_flight(runtime, "resnet18")
-    runtime.process.terminate()
-    caller.join(60)
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["result"].shape == (16, 1000)
-    assert runtime.process.wait(30) in DRAINED
+    assert sigterm_mid_request(runtime, call) in DRAINED
 
 
 def _wait_in_flight(runtime: RuntimeProcess, model: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from kindling.errors import ModelLoadError
+from kindling.runtime import cpu, session
 from kindling.runtime.session import (
     PREFERRED_PROVIDERS,
     choose_providers,
@@ -74,6 +76,41 @@ def test_choose_default_prefers_cuda_then_cpu():
     assert chosen == [p for p in PREFERRED_PROVIDERS if p in ort.get_available_providers()]
 
 
+SPIN_KEYS = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+
+def spinning(options: ort.SessionOptions) -> list[str]:
+    return [options.get_session_config_entry(key) for key in SPIN_KEYS]
+
+
+@pytest.mark.parametrize(("spin", "flag"), [(True, "1"), (False, "0")])
+def test_spin_setting_sets_both_pools(spin, flag):
+    assert spinning(session_options(2, spin)) == [flag, flag]
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "flag"),
+    [("max 100000\n", "0"), ("150000 100000\n", "0"), ("200000 100000\n", "1")],
+)
+def test_spin_auto_follows_the_cfs_quota(tmp_path, monkeypatch, cpu_max, flag):
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    fake = partial(cpu.spinning_by_default, root=tmp_path)
+    monkeypatch.setattr(session, "spinning_by_default", fake)
+    assert spinning(session_options(2)) == [flag, flag]
+    assert spinning(session_options(2, None)) == [flag, flag]
+
+
+@pytest.mark.parametrize(("spin", "flag"), [(True, "1"), (False, "0")])
+def test_created_sessions_carry_the_spin_setting(model, tmp_path, spin, flag):
+    fresh, _ = create_session(model, 1, CPU, tmp_path / "absent.onnx", spin=spin)
+    assert spinning(fresh.get_session_options()) == [flag, flag]
+    cached = tmp_path / "cached.onnx"
+    save_optimized(model, cached, 1, CPU)
+    from_cache, hit = create_session(model, 1, CPU, cached, spin=spin)
+    assert hit
+    assert spinning(from_cache.get_session_options()) == [flag, flag]
+
+
 def test_choose_skips_unavailable_ones():
     assert choose_providers(("NoSuchExecutionProvider", "CPUExecutionProvider")) == CPU
 
@@ -85,7 +122,7 @@ def test_choose_only_unavailable_providers():
 
 
 def test_session_options():
-    options = session_options(3)
+    options = session_options(3, spin=False)
     assert options.intra_op_num_threads == 3
     assert options.inter_op_num_threads == 1
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
@@ -94,7 +131,7 @@ def test_session_options():
 
 
 def test_session_has_spinning_off_and_the_thread_count(model):
-    session, _ = create_session(model, 2, CPU)
+    session, _ = create_session(model, 2, CPU, spin=False)
     options = session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"

@@ -67,6 +67,21 @@ def test_every_variable_is_read():
     assert settings.cache_dir == Path("/var/cache/k")
 
 
+@pytest.mark.parametrize(
+    ("value", "spin"),
+    [(None, None), ("", None), ("auto", None), (" AUTO ", None), ("on", True), ("Off", False)],
+)
+def test_spin_setting(value, spin):
+    env = {} if value is None else {"KINDLING_SPIN": value}
+    assert ServerSettings.from_env(env=env).spin is spin
+
+
+@pytest.mark.parametrize("value", ["1", "yes", "spin", "true"])
+def test_spin_setting_refuses_other_values(value):
+    with pytest.raises(ConfigError, match="KINDLING_SPIN must be auto, on or off"):
+        ServerSettings.from_env(env={"KINDLING_SPIN": value})
+
+
 def test_from_env_does_not_read_os_environ_when_env_given(monkeypatch):
     monkeypatch.setenv("PORT", "1234")
     monkeypatch.setenv("KINDLING_THREADS", "5")
