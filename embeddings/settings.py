@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from kindling.env import env_number
@@ -82,82 +82,107 @@ def parse_store_url(url: str, default_dir: Path = DEFAULT_DIR) -> StoreLocation:
     )
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    return env_number(env, name, float, default, InvalidInput)
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    return env_number(env, name, int, default, InvalidInput)
+def _env(name: str, default: object, doc: str) -> Any:
+    """A field read from variable `name`; `doc` is its README line (tests check it)."""
+    return dataclasses.field(default=default, metadata={"env": name, "doc": doc})
 
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingSettings:
-    # KINDLING_REDIS_URL; "" selects the embedded file store in `store_dir`.
-    url: str = ""
-    # KINDLING_EMBEDDINGS_DIR
-    store_dir: Path = DEFAULT_DIR
-    # KINDLING_EMBEDDINGS_CACHE_SIZE: vectors kept in-process; 0 disables the cache.
+    """Each field declares its variable, default and README line once (`_env`); `from_env`
+    walks them and `markdown_table` writes the README's table ("## Word vectors")."""
+
+    url: str = _env(
+        "KINDLING_REDIS_URL",
+        "",
+        "the store: `redis://`, `rediss://`, `unix://`, `redis+cluster://h:p,...` or "
+        "`file://DIR`; empty: the embedded file store in `KINDLING_EMBEDDINGS_DIR`",
+    )
+    store_dir: Path = _env(  # noqa: RUF009 - _env returns a dataclasses.field
+        "KINDLING_EMBEDDINGS_DIR",
+        DEFAULT_DIR,
+        "the embedded file store's folder (`kindling serve`: `<repository>/.embeddings`)",
+    )
     # 10k 300-d float32 rows are ~15 MB and, on a Zipf(1.1) word distribution, answer
     # most lookups (tests/embeddings/test_cache.py computes the expected hit rate).
-    cache_size: int = 10_000
-    # KINDLING_REDIS_CONNECT_TIMEOUT / KINDLING_REDIS_SOCKET_TIMEOUT, seconds. A healthy
-    # MGET on a LAN takes well under 1 ms; paper 000's DynamoDB fetch took 60-70% of a
-    # 0.7 s request, so anything near 250 ms means Redis is sick: give up and say 503.
-    connect_timeout: float = 0.25
-    socket_timeout: float = 0.25
-    # KINDLING_REDIS_RETRIES: retries after the first attempt, with exponential
-    # backoff from KINDLING_REDIS_BACKOFF seconds (capped at 4x).
-    retries: int = 1
-    backoff: float = 0.02
-    # KINDLING_REDIS_COOLDOWN: after Redis fails, requests that need it fail at once for
-    # this long instead of each waiting out the timeout (cache hits still succeed).
-    cooldown: float = 0.5
-    # KINDLING_EMBEDDINGS_OOV: zeros | unk | random (stable, hash-seeded per word).
-    oov: OOVPolicy = "zeros"
-    # KINDLING_EMBEDDINGS_UNK_TOKEN: the table's word whose vector "unk" uses.
-    unk_token: str = "<unk>"
-    # KINDLING_EMBEDDINGS_ALIAS_TTL: seconds a reader trusts the live version it last
-    # read, saving one round trip per lookup. Loaders wait longer than this (their
-    # --grace) before deleting the old version; 0 re-reads the alias on every lookup.
-    alias_ttl: float = 1.0
-    # KINDLING_EMBEDDINGS_MAX_WORDS: words per lookup request; more is a 400.
-    max_words: int = 4096
-    # KINDLING_EMBEDDINGS_ROUND_TRIP_KEYS: split a fetch into round trips of at most this
-    # many keys; 0 sends one MGET. 100 with cache_size 0 reproduces paper 000's design
-    # (DynamoDB BatchGetItem takes 100 keys) as the benchmarks' baseline.
-    round_trip_keys: int = 0
-    # KINDLING_MAX_BODY_BYTES: the HTTP service refuses larger request bodies with 413,
-    # by Content-Length before reading any of it, or once a chunked body passes it. The
-    # runtime's variable and default (runtime/settings.py): one limit for Kindling's
-    # servers. A lookup of max_words words needs far less.
-    max_body_bytes: int = 64 * 1024 * 1024
+    cache_size: int = _env(
+        "KINDLING_EMBEDDINGS_CACHE_SIZE", 10_000, "vectors kept in-process; 0 disables the cache"
+    )
+    # A healthy MGET on a LAN takes well under 1 ms; paper 000's DynamoDB fetch took 60-70%
+    # of a 0.7 s request, so anything near 250 ms means Redis is sick: give up and say 503.
+    connect_timeout: float = _env(
+        "KINDLING_REDIS_CONNECT_TIMEOUT", 0.25, "seconds to connect to Redis; then 503"
+    )
+    socket_timeout: float = _env(
+        "KINDLING_REDIS_SOCKET_TIMEOUT", 0.25, "seconds for one Redis reply; then 503"
+    )
+    retries: int = _env(
+        "KINDLING_REDIS_RETRIES",
+        1,
+        "retries after the first attempt, with exponential backoff (capped at 4x)",
+    )
+    backoff: float = _env("KINDLING_REDIS_BACKOFF", 0.02, "the first retry's backoff, seconds")
+    # So requests fail at once instead of each waiting out the timeout.
+    cooldown: float = _env(
+        "KINDLING_REDIS_COOLDOWN",
+        0.5,
+        "after Redis fails, seconds during which lookups that need it fail at once (cache "
+        "hits still succeed)",
+    )
+    oov: OOVPolicy = _env(  # noqa: RUF009 - _env returns a dataclasses.field
+        "KINDLING_EMBEDDINGS_OOV",
+        "zeros",
+        "out-of-vocabulary words: `zeros`, `unk` or `random` (stable, hash-seeded per word)",
+    )
+    unk_token: str = _env(
+        "KINDLING_EMBEDDINGS_UNK_TOKEN", "<unk>", "the table's word whose vector `unk` uses"
+    )
+    # Saves one round trip per lookup; loaders wait longer than this (their --grace) before
+    # deleting the old version.
+    alias_ttl: float = _env(
+        "KINDLING_EMBEDDINGS_ALIAS_TTL",
+        1.0,
+        "seconds a reader trusts the live table version it last read; 0 re-reads it on "
+        "every lookup",
+    )
+    max_words: int = _env(
+        "KINDLING_EMBEDDINGS_MAX_WORDS", 4096, "words per lookup request; more is a 400"
+    )
+    # 100 with cache_size 0 reproduces paper 000's design (DynamoDB BatchGetItem takes 100
+    # keys) as the benchmarks' baseline.
+    round_trip_keys: int = _env(
+        "KINDLING_EMBEDDINGS_ROUND_TRIP_KEYS",
+        0,
+        "split a fetch into round trips of at most this many keys; 0 sends one MGET",
+    )
+    # The runtime's variable and default (runtime/settings.py): one limit for Kindling's
+    # servers; refused by Content-Length before reading, or once a chunked body passes it.
+    # A lookup of max_words words needs far less.
+    max_body_bytes: int = _env(
+        "KINDLING_MAX_BODY_BYTES",
+        64 * 1024 * 1024,
+        "the HTTP lookup service refuses larger request bodies with 413 (the runtime's too)",
+    )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> EmbeddingSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> EmbeddingSettings:
+        """Read the environment; flags given as `overrides` win over it (None means unset)."""
         env = os.environ if env is None else env
-        # With slots=True the class attributes are slot descriptors, not the defaults.
-        defaults = cls()
-        oov = env.get("KINDLING_EMBEDDINGS_OOV", "") or defaults.oov
-        if oov not in OOV_POLICIES:
-            raise InvalidInput(f"KINDLING_EMBEDDINGS_OOV={oov!r}: want one of {OOV_POLICIES}")
-        settings = cls(
-            url=env.get("KINDLING_REDIS_URL", ""),
-            store_dir=Path(env.get("KINDLING_EMBEDDINGS_DIR", "") or DEFAULT_DIR),
-            cache_size=_int(env, "KINDLING_EMBEDDINGS_CACHE_SIZE", defaults.cache_size),
-            connect_timeout=_float(env, "KINDLING_REDIS_CONNECT_TIMEOUT", defaults.connect_timeout),
-            socket_timeout=_float(env, "KINDLING_REDIS_SOCKET_TIMEOUT", defaults.socket_timeout),
-            retries=_int(env, "KINDLING_REDIS_RETRIES", defaults.retries),
-            backoff=_float(env, "KINDLING_REDIS_BACKOFF", defaults.backoff),
-            cooldown=_float(env, "KINDLING_REDIS_COOLDOWN", defaults.cooldown),
-            oov=oov,  # type: ignore[arg-type]
-            unk_token=env.get("KINDLING_EMBEDDINGS_UNK_TOKEN", "") or defaults.unk_token,
-            alias_ttl=_float(env, "KINDLING_EMBEDDINGS_ALIAS_TTL", defaults.alias_ttl),
-            max_words=_int(env, "KINDLING_EMBEDDINGS_MAX_WORDS", defaults.max_words),
-            round_trip_keys=_int(
-                env, "KINDLING_EMBEDDINGS_ROUND_TRIP_KEYS", defaults.round_trip_keys
-            ),
-            max_body_bytes=_int(env, "KINDLING_MAX_BODY_BYTES", defaults.max_body_bytes),
-        )
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if not env.get(name, "").strip():
+                continue  # unset or blank: the field's default
+            if isinstance(f.default, bool | int | float):
+                values[f.name] = env_number(env, name, type(f.default), f.default, InvalidInput)
+            else:
+                values[f.name] = type(f.default)(env[name])  # str or Path
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        if settings.oov not in OOV_POLICIES:
+            raise InvalidInput(
+                f"KINDLING_EMBEDDINGS_OOV={settings.oov!r}: want one of {OOV_POLICIES}"
+            )
         settings.location  # noqa: B018 - reject a bad URL now, not on the first request
         return settings
 
@@ -174,3 +199,20 @@ class EmbeddingSettings:
         attempts = self.retries + 1
         backoffs = sum(min(self.backoff * 2**i, self.backoff * 4) for i in range(self.retries))
         return attempts * (self.connect_timeout + self.socket_timeout) + backoffs
+
+
+def markdown_table() -> str:
+    """The README's table of these variables ("## Word vectors"):
+    `python -m kindling.embeddings.settings` prints it, tests/test_readme_settings.py checks
+    the README has it."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(EmbeddingSettings):
+        default = f.default
+        mib = isinstance(default, int) and default >= 2**20 and default % 2**20 == 0
+        shown = "(empty)" if default == "" else f"{default >> 20} MiB" if mib else f"`{default}`"
+        lines.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -9,10 +9,8 @@ Nothing else runs before the socket is bound.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from kindling.runtime.coldstart import ColdStartTimeline
@@ -78,24 +76,15 @@ def main(argv: list[str]) -> int:
 
     timeline = ColdStartTimeline()  # measured from exec, read from /proc
     args = parse_args(argv)
-    if args.redis:
-        # The flag stands for the variable everywhere it is read, action code included.
-        os.environ["KINDLING_REDIS_URL"] = args.redis
     try:
+        # Flags are overrides: from_env decides everything else, defaults included.
         settings = ServerSettings.from_env(
             model_repository=Path(args.model_repository) if args.model_repository else None,
             host=args.host,
             port=args.port,
             openwhisk=args.openwhisk,
+            redis_url=args.redis,
         )
-        if settings.openwhisk:
-            # Action code may chdir, as OpenWhisk's Python runtime does for zip actions;
-            # the models' paths must not move with it.
-            settings = replace(settings, model_repository=settings.model_repository.absolute())
-            if settings.cache_dir is not None:
-                settings = replace(settings, cache_dir=settings.cache_dir.absolute())
-            if settings.model_uri_root is not None:
-                settings = replace(settings, model_uri_root=settings.model_uri_root.absolute())
         if (
             settings.openwhisk
             and not settings.models
@@ -110,18 +99,7 @@ def main(argv: list[str]) -> int:
     metrics = RuntimeMetrics(timeline)
     embedding_settings = None
     if any(c.preprocess.get("kind") == "word_vectors" for c in configs):
-        from kindling.embeddings.settings import DEFAULT_DIR, EmbeddingSettings
-
-        embedding_settings = EmbeddingSettings.from_env()
-        if embedding_settings.store_dir == DEFAULT_DIR:
-            # No store named: the one `kindling models build` fills beside the models.
-            embedding_settings = embedding_settings.replace(
-                store_dir=settings.model_repository / ".embeddings"
-            )
-        if settings.openwhisk:  # absolute, for the reason above
-            embedding_settings = embedding_settings.replace(
-                store_dir=embedding_settings.store_dir.absolute()
-            )
+        embedding_settings = settings.embedding_settings()
     loader = ModelLoader(
         configs,
         settings,

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kindling.env import default_cache_root
 from kindling.errors import InferenceError, InvalidInput, KindlingError, ModelLoadError
 from kindling.runtime.buckets import BucketedSession
 from kindling.runtime.codec import DTYPES
@@ -84,7 +83,7 @@ class Model:
                 self._path = fetch_model(
                     self.config.model_uri,
                     settings.uri_schemes,
-                    settings.cache_dir or default_cache_root(),
+                    settings.cache_root,
                     settings.download_timeout_s,
                     self.config.model_sha256,
                     settings.model_uri_root,
@@ -128,7 +127,7 @@ class Model:
     ) -> None:
         path = self._path
         assert path is not None, "fetch() runs before load()"
-        cache_dir = settings.cache_dir or default_cache_root()
+        cache_dir = settings.cache_root
         from kindling.runtime.preprocess import make_preprocessor
         from kindling.runtime.session import choose_providers, create_session, optimized_path
 

@@ -176,12 +176,10 @@ class ActionProxy:
             return self._store
 
     def _resolve_store_settings(self) -> EmbeddingSettings:
-        from kindling.embeddings.settings import DEFAULT_DIR, EmbeddingSettings
-
-        settings = EmbeddingSettings.from_env()
-        if settings.store_dir == DEFAULT_DIR:  # as `kindling serve` resolves it
-            settings = settings.replace(store_dir=self.settings.model_repository / ".embeddings")
-        # Absolute before a zip action changes the working directory.
+        # Read at /init, after the action's env is exported (it may name the store), as
+        # `kindling serve` resolves it (--redis over KINDLING_REDIS_URL); absolute, before a
+        # zip action changes the working directory.
+        settings = self.settings.embedding_settings()
         self._store_settings = settings.replace(store_dir=settings.store_dir.absolute())
         return self._store_settings
 

@@ -8,14 +8,17 @@ whole cold-start budget allows (see README, "Cold start").
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kindling.env import env_number
+from kindling.env import default_cache_root, env_number
 from kindling.errors import KindlingError
+
+if TYPE_CHECKING:
+    from kindling.embeddings.settings import EmbeddingSettings
 
 DEFAULT_PORT = 8080  # Knative's default containerPort, and OpenWhisk's action port
 
@@ -28,7 +31,8 @@ def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
-# A bad number stops start-up with the variable's name; ranges are checked in from_env.
+# A bad number stops start-up with the variable's name; ranges are checked by each
+# field's `check`, and across fields in from_env.
 _number = partial(env_number, error=ConfigError, non_negative=False)
 
 
@@ -38,105 +42,290 @@ def _truthy(value: str | None, default: bool) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+# Parsers, (env, variable) -> value, called only when the variable is set and not blank.
+Parse = Callable[[Mapping[str, str], str], Any]
+
+
+def _int(env: Mapping[str, str], name: str) -> int:
+    return _number(env, name, int, 0)
+
+
+def _float(env: Mapping[str, str], name: str) -> float:
+    return _number(env, name, float, 0.0)
+
+
+def _spin(env: Mapping[str, str], name: str) -> bool | None:
+    spin = env[name].strip().lower()
+    if spin not in ("auto", "on", "off"):
+        raise ConfigError(f"{name} must be auto, on or off, got {spin!r}")
+    return {"auto": None, "on": True, "off": False}[spin]
+
+
+_PARSERS: dict[str, Parse] = {
+    "int": _int,
+    # A negative size is refused as it is read, naming the variable.
+    "size": lambda env, name: env_number(env, name, int, 0, ConfigError),
+    "float": _float,
+    "bool": lambda env, name: _truthy(env[name], True),
+    "csv": lambda env, name: _csv(env[name]),
+    "path": lambda env, name: Path(env[name]),
+    "str": lambda env, name: env[name],
+    "spin": _spin,
+}
+
+
+def _positive(value: float | None) -> bool:
+    return value is None or value > 0
+
+
+def _env(
+    name: str,
+    default: Any,
+    doc: str,
+    parse: str,
+    *,
+    shown: str | None = None,
+    check: Callable[[Any], bool] | None = None,
+    rule: str = "",
+    explicit: bool = False,
+) -> Any:
+    """A field read from variable `name`; `doc` and `shown` (the default as the README
+    shows it) make its README row; `check` is its range, `rule` says it in the error.
+    `explicit`: from_env reads it by hand (a special case, commented there)."""
+    metadata = {"env": name, "doc": doc, "parse": parse, "shown": shown, "check": check}
+    metadata.update(rule=rule, explicit=explicit)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
-    """How one runtime process serves; see `from_env` for the variable of each field."""
+    """How one runtime process serves. Each field declares its variable, default and README
+    line once (`_env`); `from_env` walks them and `markdown_table` writes the README's."""
 
-    model_repository: Path
-    """Folder with one sub-folder per model (model.onnx + config.yaml)."""
+    model_repository: Path = _env(  # noqa: RUF009 - _env returns a dataclasses.field
+        "KINDLING_MODEL_REPOSITORY",
+        Path("models"),
+        "folder with one sub-folder per model (model.onnx + config.yaml); below "
+        "`--model-repository`",
+        "path",
+        shown="`models`",
+    )
     host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
-    """--port, then $PORT (Knative's runtime contract), then 8080."""
-    grpc_port: int | None = None
-    """KINDLING_GRPC_PORT: also serve OIP over gRPC (inference.GRPCInferenceService) on this
-    port; unset, gRPC is off and not imported. Needs the `grpc` extra; OIP mode only."""
-    models: tuple[str, ...] = ()
-    """KINDLING_MODELS: serve only these (comma-separated); empty serves all."""
-    threads: int | None = None
-    """KINDLING_THREADS: onnxruntime intra-op threads; None follows the cgroup CPU limit."""
-    spin: bool | None = None
-    """KINDLING_SPIN: auto, on or off: whether onnxruntime's idle threads busy-wait for
-    work; auto (None) spins only under a CFS quota of at least one CPU per intra-op
-    thread (cpu.spinning_by_default, README "Latency")."""
-    max_body_bytes: int = 64 * 1024 * 1024
-    """KINDLING_MAX_BODY_BYTES: larger requests get 413 (64 MiB fits a batch of 100 images)."""
-    max_json_bytes: int = 10 * 1024 * 1024
-    """KINDLING_MAX_JSON_BYTES: the most JSON an inference request may carry, decompressed
-    (a JSON body, or a binary request's JSON header), each array in it counting 8 bytes
+    """--host only."""
+    port: int = _env(
+        "PORT",
+        DEFAULT_PORT,
+        "listening port (below `--port`)",
+        "int",
+        explicit=True,
+    )
+    """Knative's runtime contract hands the port over in $PORT."""
+    grpc_port: int | None = _env(
+        "KINDLING_GRPC_PORT",
+        None,
+        'also serve the OIP over gRPC on this port (see "gRPC"); needs the `grpc` extra',
+        "int",
+        shown="unset (off)",
+    )
+    """Unset, gRPC is off and not imported (inference.GRPCInferenceService; OIP mode only)."""
+    models: tuple[str, ...] = _env(
+        "KINDLING_MODELS", (), "comma-separated subset to serve", "csv", shown="all"
+    )
+    threads: int | None = _env(
+        "KINDLING_THREADS",
+        None,
+        "onnxruntime intra-op threads",
+        "int",
+        shown="cgroup CPU limit",
+        check=lambda v: v is None or v >= 1,
+        rule=">= 1",
+    )
+    """None follows the cgroup CPU limit (cpu.available_cpus)."""
+    spin: bool | None = _env(
+        "KINDLING_SPIN",
+        None,
+        "onnxruntime's intra-op threads spin while waiting (`on`), or sleep (`off`); `auto` "
+        'spins only under a CFS quota of at least one CPU per thread (see "Latency")',
+        "spin",
+        shown="auto",
+    )
+    """auto (None) spins only under a CFS quota of at least one CPU per intra-op thread
+    (cpu.spinning_by_default, README "Latency")."""
+    providers: tuple[str, ...] = _env(
+        "KINDLING_PROVIDERS", (), "execution providers, in order", "csv", shown="CUDA, then CPU"
+    )
+    max_body_bytes: int = _env(
+        "KINDLING_MAX_BODY_BYTES",
+        64 * 1024 * 1024,
+        "larger requests get 413",
+        "int",
+        shown="64 MiB",
+    )
+    """64 MiB fits a batch of 100 images."""
+    max_json_bytes: int = _env(
+        "KINDLING_MAX_JSON_BYTES",
+        10 * 1024 * 1024,
+        "the most JSON (decompressed) an inference request may carry; past it 413 (see "
+        '"Request limits")',
+        "size",
+        shown="10 MiB",
+    )
+    """A JSON body, or a binary request's JSON header, each array in it counting 8 bytes
     more, each object 128, each binary BYTES element 8 (codec.py: what they cost to
-    decode); past it, 413. orjson and numpy decode it holding the event loop and the GIL,
-    ~30 ms per MiB at worst (45 on a loaded machine): 10 MiB lets through 3 FP32 224x224x3
-    images as tritonclient writes them (8.9 MiB, ~50 ms) and holds the loop 0.3-0.45 s at
-    worst (README "Request limits"). Big tensors belong in the binary extension, decoded
-    without a copy."""
-    max_body_memory_bytes: int = 256 * 1024 * 1024
-    """KINDLING_MAX_BODY_MEMORY_BYTES: the most memory request bodies may hold at once, all
-    connections together; a request that would need more gets 503 with Retry-After. A body
-    buffer grows as its bytes arrive, so this counts what clients sent, not what they
-    declared. Four bodies of KINDLING_MAX_BODY_BYTES; it may not be less than that."""
-    header_timeout_s: float = 10.0
-    """KINDLING_HEADER_TIMEOUT_S: the longest from a request's first byte to the end of its
-    head (request line and headers); then 408 and close (Go's ReadHeaderTimeout; a head is
-    a few hundred bytes, well under a second on any link)."""
-    body_timeout_s: float = 30.0
-    """KINDLING_BODY_TIMEOUT_S: the longest a request body may go without a byte arriving
-    (nginx's client_body_timeout), or a response without the client reading it; then 408,
-    or for a response a reset, and close. A body must also average 500 bytes/s beyond this
-    (Apache mod_reqtimeout's MinRate), so that a byte every few seconds holds no connection
-    for ever; a gap, not a total, so a large upload over a slow link is never cut off."""
-    max_connections: int = 1000
-    """KINDLING_MAX_CONNECTIONS: open client connections at most; one more gets 503 with
-    Retry-After and is closed, so file descriptors and per-connection memory stay bounded
-    whatever clients do (as gunicorn's worker_connections, also 1000)."""
-    uri_schemes: tuple[str, ...] = ("file", "http", "https", "s3")
-    """KINDLING_MODEL_URI_SCHEMES: model_uri schemes allowed; any other is refused."""
-    cache_dir: Path | None = None
-    """KINDLING_CACHE_DIR: downloads and optimized models when the repository is read-only."""
-    download_timeout_s: float = 300.0
-    """KINDLING_DOWNLOAD_TIMEOUT_S: the longest one model's fetch may take in all (every
-    attempt, the backoff between them, and waiting for another process's download of the
-    same file), after which the model is FAILED. A total, not a per-read timeout: an origin
-    trickling a byte a second would never trip one of those. 300 s: a 1 GB model at 5 MB/s
-    takes 200 s, and the model fails, with the reason, before Knative's progress deadline
-    (config-deployment progress-deadline, 600 s by default) gives up on the revision."""
-    model_uri_root: Path | None = None
-    """KINDLING_MODEL_URI_ROOT: when set, a file:// or plain-path model_uri must resolve,
-    symlinks followed, inside this folder. Unset, it may name any file the process can read:
-    model_uri is operator-controlled (config.yaml is part of the deployment)."""
-    optimized_cache: bool = True
-    """KINDLING_OPTIMIZED_CACHE: keep the optimized graph so the next cold start skips it."""
-    optimized_cache_delay_s: float = 5.0
-    """KINDLING_OPTIMIZED_CACHE_DELAY_S: wait after ready before writing that cache, so the
-    burst that woke the pod is served first; well inside Knative's minimum pod lifetime
-    (stable window 60 s + scale-to-zero grace period 30 s)."""
-    providers: tuple[str, ...] = ()
-    """KINDLING_PROVIDERS: onnxruntime execution providers, in order; empty = CUDA, then CPU."""
-    graceful_timeout_s: float = 30.0
-    """KINDLING_GRACEFUL_TIMEOUT_S: on SIGTERM, longest wait for in-flight requests
-    (Knative's default terminationGracePeriodSeconds is 300 s; 30 s suits models this size)."""
-    inline_max_ms: float = 20.0
-    """KINDLING_INLINE_MAX_MS: a request that finds its model idle runs on the event-loop
-    thread, sparing the hand-off to the inference thread and back (~0.2 ms of a 5 ms
-    MobileNetV2 request, README "Latency"), if the model's last lone request (at first, its
-    warm-up run) took at most this long per row; other connections wait that long to be
-    read. 0: always hand off."""
-    log_level: str = "info"
-    """KINDLING_LOG_LEVEL: the runtime's log level; there are no access logs (hot path;
-    /metrics counts requests). "warning" in OpenWhisk mode, where stdout and stderr are
-    the activations' logs."""
-    openwhisk: bool = False
-    """--openwhisk or KINDLING_OPENWHISK: serve OpenWhisk's action protocol (/init, /run) on
-    8080 or --port instead of OIP; $PORT is ignored, as by OpenWhisk's own runtimes, except
-    on Knative (README, "OpenWhisk")."""
+    decode). orjson and numpy decode it holding the event loop and the GIL, ~30 ms per MiB
+    at worst (45 on a loaded machine): 10 MiB lets through 3 FP32 224x224x3 images as
+    tritonclient writes them (8.9 MiB, ~50 ms) and holds the loop 0.3-0.45 s at worst
+    (README "Request limits"). Big tensors belong in the binary extension, decoded without
+    a copy."""
+    max_body_memory_bytes: int = _env(
+        "KINDLING_MAX_BODY_MEMORY_BYTES",
+        256 * 1024 * 1024,
+        "memory all request bodies may hold at once (counted as bytes arrive); past it 503 "
+        "with `Retry-After`; at least `KINDLING_MAX_BODY_BYTES`",
+        "int",
+        shown="256 MiB",
+    )
+    """A body buffer grows as its bytes arrive, so this counts what clients sent, not what
+    they declared. Four bodies of KINDLING_MAX_BODY_BYTES."""
+    max_connections: int = _env(
+        "KINDLING_MAX_CONNECTIONS",
+        1000,
+        "open connections; one more gets 503 with `Retry-After` and is closed",
+        "int",
+        check=_positive,
+        rule="> 0",
+    )
+    """File descriptors and per-connection memory stay bounded whatever clients do (as
+    gunicorn's worker_connections, also 1000)."""
+    header_timeout_s: float = _env(
+        "KINDLING_HEADER_TIMEOUT_S",
+        10.0,
+        "longest from a request's first byte to the end of its head; then 408 and close",
+        "float",
+        check=_positive,
+        rule="> 0",
+    )
+    """Go's ReadHeaderTimeout; a head is a few hundred bytes, well under a second on any
+    link."""
+    body_timeout_s: float = _env(
+        "KINDLING_BODY_TIMEOUT_S",
+        30.0,
+        "longest a request body may go without a byte (and it must average 500 B/s after "
+        "that), or a response without the client reading; then 408 (a reset for a response) "
+        "and close",
+        "float",
+        check=_positive,
+        rule="> 0",
+    )
+    """nginx's client_body_timeout; the 500 bytes/s is Apache mod_reqtimeout's MinRate, so
+    that a byte every few seconds holds no connection for ever; a gap, not a total, so a
+    large upload over a slow link is never cut off."""
+    uri_schemes: tuple[str, ...] = _env(
+        "KINDLING_MODEL_URI_SCHEMES",
+        ("file", "http", "https", "s3"),
+        "the `model_uri` allowlist; any other scheme is refused",
+        "csv",
+        shown="`file,http,https,s3`",
+    )
+    cache_dir: Path | None = _env(  # noqa: RUF009 - _env returns a dataclasses.field
+        "KINDLING_CACHE_DIR",
+        None,
+        "downloads, and optimized graphs when the repository is read-only",
+        "path",
+        shown="`~/.cache/kindling`",
+    )
+    """None: kindling.env.default_cache_root(); read it as `cache_root`."""
+    download_timeout_s: float = _env(
+        "KINDLING_DOWNLOAD_TIMEOUT_S",
+        300.0,
+        "the longest one model's fetch may take in all (every attempt, backoff, waiting for "
+        "another process's download); then the model is FAILED",
+        "float",
+        check=_positive,
+        rule="> 0",
+    )
+    """A total, not a per-read timeout: an origin trickling a byte a second would never trip
+    one of those. 300 s: a 1 GB model at 5 MB/s takes 200 s, and the model fails, with the
+    reason, before Knative's progress deadline (config-deployment progress-deadline, 600 s
+    by default) gives up on the revision."""
+    model_uri_root: Path | None = _env(  # noqa: RUF009 - _env returns a dataclasses.field
+        "KINDLING_MODEL_URI_ROOT",
+        None,
+        "when set, `file://` and plain-path `model_uri`s must resolve (symlinks followed) "
+        "inside this folder",
+        "path",
+    )
+    """Unset, it may name any file the process can read: model_uri is operator-controlled
+    (config.yaml is part of the deployment)."""
+    optimized_cache: bool = _env(
+        "KINDLING_OPTIMIZED_CACHE",
+        True,
+        "keep the optimized graph for the next cold start",
+        "bool",
+    )
+    optimized_cache_delay_s: float = _env(
+        "KINDLING_OPTIMIZED_CACHE_DELAY_S", 5.0, "wait after ready before writing it", "float"
+    )
+    """So the burst that woke the pod is served first; well inside Knative's minimum pod
+    lifetime (stable window 60 s + scale-to-zero grace period 30 s)."""
+    graceful_timeout_s: float = _env(
+        "KINDLING_GRACEFUL_TIMEOUT_S",
+        30.0,
+        "on SIGTERM, the longest wait for in-flight requests; the process exits (0) at most "
+        "this long after SIGTERM, even mid-download; a SIGTERM during start-up exits 0 at "
+        "once",
+        "float",
+    )
+    """Knative's default terminationGracePeriodSeconds is 300 s; 30 s suits models this
+    size."""
+    inline_max_ms: float = _env(
+        "KINDLING_INLINE_MAX_MS",
+        20.0,
+        "run a lone request on the event-loop thread if the model's last one took at most "
+        'this per row (see "Latency"); 0: never',
+        "float",
+    )
+    """Spares the hand-off to the inference thread and back (~0.2 ms of a 5 ms MobileNetV2
+    request, README "Latency"); the model's first "last lone request" is its warm-up run;
+    other connections wait that long to be read."""
+    log_level: str = _env(
+        "KINDLING_LOG_LEVEL",
+        "info",
+        "the runtime's log level; there are no access logs",
+        "str",
+        shown="info (warning under OpenWhisk)",
+        explicit=True,
+    )
+    """No access logs: hot path; /metrics counts requests. "warning" in OpenWhisk mode,
+    where stdout and stderr are the activations' logs."""
+    openwhisk: bool = _env(
+        "KINDLING_OPENWHISK",
+        False,
+        'serve OpenWhisk\'s action protocol instead (see "OpenWhisk"); or `--openwhisk`',
+        "bool",
+        explicit=True,
+    )
+    """On 8080 or --port instead of OIP; $PORT is ignored, as by OpenWhisk's own runtimes,
+    except on Knative (README, "OpenWhisk")."""
     openwhisk_platform: str = "openwhisk"
-    """__OW_RUNTIME_PLATFORM: "openwhisk", or "knative" for OpenWhisk on Knative's single
-    entrypoint (POST / with init, activation and value)."""
+    """__OW_RUNTIME_PLATFORM (read by hand in from_env: OpenWhisk's variable, not ours):
+    "openwhisk", or "knative" for OpenWhisk on Knative's single entrypoint (POST / with
+    init, activation and value)."""
     openwhisk_concurrent: bool = False
-    """__OW_ALLOW_CONCURRENT: let /run calls overlap; OpenWhisk's runtimes serialize them
-    unless the invoker's container set this variable."""
-    openwhisk_max_unzip_bytes: int = 1024 * 1024 * 1024
-    """KINDLING_OPENWHISK_MAX_UNZIP_BYTES: the most an action zip may expand to (its code
-    is at most 48 MB in OpenWhisk; a model in it expands little, a zip bomb a lot)."""
+    """__OW_ALLOW_CONCURRENT (read by hand, as above): let /run calls overlap; OpenWhisk's
+    runtimes serialize them unless the invoker's container set this variable."""
+    openwhisk_max_unzip_bytes: int = _env(
+        "KINDLING_OPENWHISK_MAX_UNZIP_BYTES",
+        1024 * 1024 * 1024,
+        "the most an action zip may expand to",
+        "int",
+        shown="1 GiB",
+    )
+    """An action's code is at most 48 MB in OpenWhisk; a model in it expands little, a zip
+    bomb a lot."""
+    redis_url: str | None = None
+    """--redis only: overrides KINDLING_REDIS_URL for the word-vector store (see
+    `embedding_settings`); the variable itself is EmbeddingSettings'."""
 
     @classmethod
     def from_env(
@@ -146,84 +335,108 @@ class ServerSettings:
     ) -> ServerSettings:
         """Read the environment; flags given as `overrides` win over it (None means unset)."""
         env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata.get("env")
+            if name and not f.metadata["explicit"] and env.get(name, "").strip():
+                values[f.name] = _PARSERS[f.metadata["parse"]](env, name)
+        # The special cases. --openwhisk or KINDLING_OPENWHISK; either turns it on.
         openwhisk = bool(overrides.get("openwhisk")) or _truthy(
             env.get("KINDLING_OPENWHISK"), False
         )
         platform = env.get("__OW_RUNTIME_PLATFORM", "").strip().lower() or "openwhisk"
-        values: dict[str, Any] = {
-            "model_repository": Path(env.get("KINDLING_MODEL_REPOSITORY", "models")),
-            "models": _csv(env.get("KINDLING_MODELS")),
-            "max_body_bytes": _number(env, "KINDLING_MAX_BODY_BYTES", int, 64 * 1024 * 1024),
-            "max_json_bytes": _number(
-                env, "KINDLING_MAX_JSON_BYTES", int, 10 * 1024 * 1024, non_negative=True
-            ),
-            "download_timeout_s": _number(env, "KINDLING_DOWNLOAD_TIMEOUT_S", float, 300.0),
-            "optimized_cache": _truthy(env.get("KINDLING_OPTIMIZED_CACHE"), True),
-            "optimized_cache_delay_s": _number(env, "KINDLING_OPTIMIZED_CACHE_DELAY_S", float, 5.0),
-            "providers": _csv(env.get("KINDLING_PROVIDERS")),
-            "graceful_timeout_s": _number(env, "KINDLING_GRACEFUL_TIMEOUT_S", float, 30.0),
-            "max_body_memory_bytes": _number(
-                env, "KINDLING_MAX_BODY_MEMORY_BYTES", int, 256 * 1024 * 1024
-            ),
-            "header_timeout_s": _number(env, "KINDLING_HEADER_TIMEOUT_S", float, 10.0),
-            "body_timeout_s": _number(env, "KINDLING_BODY_TIMEOUT_S", float, 30.0),
-            "max_connections": _number(env, "KINDLING_MAX_CONNECTIONS", int, 1000),
-            "inline_max_ms": _number(env, "KINDLING_INLINE_MAX_MS", float, 20.0),
-            "log_level": env.get("KINDLING_LOG_LEVEL", "warning" if openwhisk else "info"),
-            "openwhisk": openwhisk,
-            "openwhisk_platform": platform,
-            "openwhisk_concurrent": _truthy(env.get("__OW_ALLOW_CONCURRENT"), False),
-            "openwhisk_max_unzip_bytes": _number(
-                env, "KINDLING_OPENWHISK_MAX_UNZIP_BYTES", int, 1024 * 1024 * 1024
-            ),
-        }
+        values.update(
+            openwhisk=openwhisk,
+            openwhisk_platform=platform,
+            openwhisk_concurrent=_truthy(env.get("__OW_ALLOW_CONCURRENT"), False),
+            log_level=env.get("KINDLING_LOG_LEVEL", "warning" if openwhisk else "info"),
+        )
         # An OpenWhisk invoker always talks to 8080 (docs/actions-new.md, "Action
         # interface"); only Knative's runtime contract hands the port over in $PORT.
         if env.get("PORT") and (not openwhisk or platform == "knative"):
             values["port"] = _number(env, "PORT", int, DEFAULT_PORT)
-        if env.get("KINDLING_GRPC_PORT"):
-            values["grpc_port"] = _number(env, "KINDLING_GRPC_PORT", int, 0)
-        if env.get("KINDLING_THREADS"):
-            values["threads"] = _number(env, "KINDLING_THREADS", int, 1)
-        spin = env.get("KINDLING_SPIN", "").strip().lower() or "auto"
-        if spin not in ("auto", "on", "off"):
-            raise ConfigError(f"KINDLING_SPIN must be auto, on or off, got {spin!r}")
-        values["spin"] = {"auto": None, "on": True, "off": False}[spin]
-        if env.get("KINDLING_MODEL_URI_SCHEMES"):
-            values["uri_schemes"] = _csv(env["KINDLING_MODEL_URI_SCHEMES"])
-        if env.get("KINDLING_CACHE_DIR"):
-            values["cache_dir"] = Path(env["KINDLING_CACHE_DIR"])
-        if env.get("KINDLING_MODEL_URI_ROOT"):
-            values["model_uri_root"] = Path(env["KINDLING_MODEL_URI_ROOT"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
-        if settings.threads is not None and settings.threads < 1:
-            raise ConfigError(f"KINDLING_THREADS must be >= 1, got {settings.threads}")
-        if settings.openwhisk_platform not in ("openwhisk", "knative"):
-            raise ConfigError(
-                f"__OW_RUNTIME_PLATFORM must be openwhisk or knative, got {platform!r}"
+        if settings.openwhisk:
+            # Action code may chdir, as OpenWhisk's Python runtime does for zip actions;
+            # the models' paths must not move with it.
+            settings = replace(
+                settings,
+                model_repository=settings.model_repository.absolute(),
+                cache_dir=settings.cache_dir and settings.cache_dir.absolute(),
+                model_uri_root=settings.model_uri_root and settings.model_uri_root.absolute(),
             )
-        if not settings.download_timeout_s > 0:
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Each field's range, then the rules across fields: refused at start-up."""
+        for f in fields(self):
+            check = f.metadata.get("check")
+            value = getattr(self, f.name)
+            if check is not None and not check(value):
+                raise ConfigError(f"{f.metadata['env']} must be {f.metadata['rule']}, got {value}")
+        if self.openwhisk_platform not in ("openwhisk", "knative"):
             raise ConfigError(
-                f"KINDLING_DOWNLOAD_TIMEOUT_S must be > 0, got {settings.download_timeout_s}"
+                "__OW_RUNTIME_PLATFORM must be openwhisk or knative, "
+                f"got {self.openwhisk_platform!r}"
             )
-        for name, value in (
-            ("KINDLING_HEADER_TIMEOUT_S", settings.header_timeout_s),
-            ("KINDLING_BODY_TIMEOUT_S", settings.body_timeout_s),
-            ("KINDLING_MAX_CONNECTIONS", settings.max_connections),
-        ):
-            if not value > 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-        if settings.max_body_memory_bytes < settings.max_body_bytes:
+        if self.max_body_memory_bytes < self.max_body_bytes:
             raise ConfigError(
                 "KINDLING_MAX_BODY_MEMORY_BYTES must be at least KINDLING_MAX_BODY_BYTES "
-                f"({settings.max_body_bytes}), got {settings.max_body_memory_bytes}"
+                f"({self.max_body_bytes}), got {self.max_body_memory_bytes}"
             )
-        if not 0 < settings.port < 65536:
-            raise ConfigError(f"port must be in 1..65535, got {settings.port}")
-        if settings.grpc_port is not None and not 0 < settings.grpc_port < 65536:
-            raise ConfigError(f"KINDLING_GRPC_PORT must be in 1..65535, got {settings.grpc_port}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be in 1..65535, got {self.port}")
+        if self.grpc_port is not None and not 0 < self.grpc_port < 65536:
+            raise ConfigError(f"KINDLING_GRPC_PORT must be in 1..65535, got {self.grpc_port}")
+
+    @property
+    def cache_root(self) -> Path:
+        """Where downloads and optimized graphs go: KINDLING_CACHE_DIR, or the default."""
+        return self.cache_dir or default_cache_root()
+
+    def embedding_settings(self, env: Mapping[str, str] | None = None) -> EmbeddingSettings:
+        """The word-vector store's settings: the environment's, --redis over
+        KINDLING_REDIS_URL, and with no store named the one `kindling models build` fills
+        beside the models. Imported here, not at the top: only text models need it."""
+        from kindling.embeddings.settings import DEFAULT_DIR, EmbeddingSettings
+
+        settings = EmbeddingSettings.from_env(env, url=self.redis_url)
+        if settings.store_dir == DEFAULT_DIR:
+            settings = settings.replace(store_dir=self.model_repository / ".embeddings")
+        if self.openwhisk:  # absolute, for the reason in from_env
+            settings = settings.replace(store_dir=settings.store_dir.absolute())
         return settings
+
+
+def documented() -> list[tuple[str, str, str]]:
+    """(variable, default as shown, doc) of every runtime variable, in field order."""
+    rows = []
+    for f in fields(ServerSettings):
+        if "env" in f.metadata:
+            shown = f.metadata["shown"] or _shown(f.default)
+            rows.append((f.metadata["env"], shown, f.metadata["doc"]))
+    return rows
+
+
+def _shown(default: Any) -> str:
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def markdown_table(rows: list[tuple[str, str, str]] | None = None) -> str:
+    """The README's table ("### Configuration"), written from the fields:
+    `python -m kindling.runtime.settings` prints it, tests/test_readme_settings.py checks
+    the README has it."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{n}` | {s} | {d} |" for n, s, d in (documented() if rows is None else rows)]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -327,3 +540,7 @@ def _tensor(data: Mapping[str, Any]) -> TensorSpec:
         shape=tuple(int(d) for d in data["shape"]),
         pad_value=None if pad is None else float(pad),
     )
+
+
+if __name__ == "__main__":
+    print(markdown_table())

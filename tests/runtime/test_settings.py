@@ -189,6 +189,59 @@ def test_settings_are_frozen():
         settings.port = 1  # type: ignore[misc]
 
 
+def test_openwhisk_makes_paths_absolute():
+    # Action code may chdir (zip actions): the settings hold absolute paths from the start.
+    env = {"KINDLING_CACHE_DIR": "cache", "KINDLING_MODEL_URI_ROOT": "root"}
+    settings = ServerSettings.from_env(env=env, openwhisk=True)
+    assert settings.model_repository == Path("models").absolute()
+    assert settings.cache_dir == Path("cache").absolute()
+    assert settings.model_uri_root == Path("root").absolute()
+    assert ServerSettings.from_env(env=env).cache_dir == Path("cache")
+
+
+def test_cache_root_defaults_in_one_place(tmp_path):
+    from kindling.env import default_cache_root
+
+    assert ServerSettings.from_env(env={}).cache_root == default_cache_root()
+    env = {"KINDLING_CACHE_DIR": str(tmp_path)}
+    assert ServerSettings.from_env(env=env).cache_root == tmp_path
+
+
+def test_embedding_settings_follow_the_repository_and_the_redis_flag(tmp_path):
+    settings = ServerSettings.from_env(env={}, model_repository=tmp_path)
+    assert settings.embedding_settings(env={}).store_dir == tmp_path / ".embeddings"
+    assert settings.embedding_settings(env={"KINDLING_EMBEDDINGS_DIR": "e"}).store_dir == Path("e")
+    env = {"KINDLING_REDIS_URL": "redis://env:6379/0"}
+    assert settings.embedding_settings(env=env).url == "redis://env:6379/0"
+    flagged = ServerSettings.from_env(env={}, redis_url="redis://flag:6379/0")
+    assert flagged.embedding_settings(env=env).url == "redis://flag:6379/0"
+
+
+def test_every_declared_variable_is_read():
+    """Each field with a variable is read by from_env: set them all, none stays default."""
+    from dataclasses import fields
+
+    values = {
+        "PORT": "9000",
+        "KINDLING_THREADS": "3",
+        "KINDLING_SPIN": "on",
+        "KINDLING_OPENWHISK": "false",
+        "KINDLING_LOG_LEVEL": "debug",
+        "KINDLING_OPTIMIZED_CACHE": "false",
+    }
+    env = {}
+    for f in fields(ServerSettings):
+        name = f.metadata.get("env")
+        if name:
+            parse = f.metadata["parse"]
+            default = {"csv": "x", "path": "/x", "str": "x", "size": "7"}.get(parse, "2000")
+            env[name] = values.get(name, default)
+    settings = ServerSettings.from_env(env=env)
+    for f in fields(ServerSettings):
+        if f.metadata.get("env") and f.name != "openwhisk":
+            assert getattr(settings, f.name) != f.default, f.name
+
+
 # -- ModelConfig.from_dict --------------------------------------------------------------------
 
 MINIMAL = {
