@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from kubernetes import client, config
@@ -106,7 +107,7 @@ def run(settings: ControllerSettings, kubeconfig: str | None = None, once: bool 
         settings, actuator(settings, api), metrics_source(settings, api), metrics, warmup
     )
     if once:
-        for outcome in controller.tick(_now()):
+        for outcome in controller.tick(time.time()):
             print(f"{outcome.ref.namespace}/{outcome.ref.workload}: {outcome.decision.reason}")
         return 0
 
@@ -144,9 +145,3 @@ def run(settings: ControllerSettings, kubeconfig: str | None = None, once: bool 
         server.shutdown()
         server.server_close()
     return 0
-
-
-def _now() -> float:
-    import time
-
-    return time.time()

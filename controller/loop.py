@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kindling.controller.forecast import Ewma, Forecaster, Holt, Seasonal
+from kindling.controller.forecast import Ewma, Forecaster, Holt, Seasonal, decay
 from kindling.controller.inputs import InputUnavailable, MetricsSource, ModelRef
 from kindling.controller.kube import KubeError
 from kindling.controller.policy import Decision, PolicyState, WarmPolicy
-from kindling.controller.settings import ControllerSettings
+from kindling.controller.settings import ControllerSettings, policy_default
 from kindling.controller.targets import Actuator, Target
 from kindling.controller.telemetry import ControllerMetrics
 
@@ -136,7 +136,7 @@ class Controller:
                 state.service_time_s = sample.service_time_s
             else:
                 dt = max(0.0, sample.t - state.service_t)
-                keep = math.pow(2.0, -dt / SERVICE_TIME_HALF_LIFE_S)
+                keep = decay(dt, SERVICE_TIME_HALF_LIFE_S)
                 state.service_time_s = keep * state.service_time_s + (1 - keep) * (
                     sample.service_time_s
                 )
@@ -156,7 +156,7 @@ class Controller:
             margin_k=s.margin_k,
             cooldown_s=s.cooldown_s,
             idle_to_zero_s=None if s.learned_idle else s.idle_to_zero_s,
-            stale_after_s=max(_policy_stale_s(), 3 * s.interval_s),
+            stale_after_s=max(policy_default("stale_after_s"), 3 * s.interval_s),
             min_scale=target.user_min_scale,
             max_scale=target.user_max_scale,
         )
@@ -244,7 +244,3 @@ class Controller:
             was_leading = lead
             self.metrics.heartbeat(clock())
             stop.wait(self.settings.interval_s)
-
-
-def _policy_stale_s() -> float:
-    return float(WarmPolicy.__dataclass_fields__["stale_after_s"].default)

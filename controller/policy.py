@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kindling.controller.forecast import Forecaster
@@ -31,6 +32,14 @@ COOLDOWN = "cooldown"
 STEADY = "steady"
 FLOOR = "floor"
 CEILING = "ceiling"
+
+
+def rank_quantile(values: Iterable[float], q: float) -> float:
+    """The q-quantile of a non-empty collection as a rank, without interpolation: the 99th
+    percentile of n values is the ceil(0.99 n)-th smallest (the idle period's and the
+    surprise window's, alike)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered), math.ceil(q * len(ordered))) - 1)]
 
 
 @dataclass(frozen=True)
@@ -211,9 +220,7 @@ class WarmPolicy:
             return self.idle_to_zero_s
         if len(state.idle_gaps) < self.min_idle_gaps:
             return self.default_idle_to_zero_s
-        gaps = sorted(state.idle_gaps)
-        tail = gaps[min(len(gaps) - 1, math.ceil(self.idle_quantile * len(gaps)) - 1)]
-        learned = tail * (1 + self.idle_margin)
+        learned = rank_quantile(state.idle_gaps, self.idle_quantile) * (1 + self.idle_margin)
         return min(self.max_idle_to_zero_s, max(self.min_idle_to_zero_s, learned))
 
     def burst_memory(
@@ -233,19 +240,12 @@ class WarmPolicy:
         cutoff = now - self.surprise_window_s
         while surprises and surprises[0][0] < cutoff:
             surprises.popleft()
-        state.headroom = max(1.0, self._quantile([r for _, r, _ in surprises], default=1.0))
-        state.peak_rps = self._quantile([a for _, _, a in surprises], default=0.0)
+        state.headroom, state.peak_rps = 1.0, 0.0
+        if surprises:
+            q = self.surprise_quantile
+            state.headroom = max(1.0, rank_quantile([r for _, r, _ in surprises], q))
+            state.peak_rps = rank_quantile([a for _, _, a in surprises], q)
         return state.headroom, state.peak_rps
-
-    def _quantile(self, values: list[float], default: float) -> float:
-        """The surprise quantile of `values`, as a rank (no interpolation), like the idle
-        period's: the 99th percentile of n values is the ceil(0.99 n)-th smallest."""
-        if not values:
-            return default
-        ordered = sorted(values)
-        return ordered[
-            max(0, min(len(ordered), math.ceil(self.surprise_quantile * len(ordered))) - 1)
-        ]
 
     def _surprise(self, actual: float, expected: float, dt: float) -> float:
         """actual / expected, the actual count taken at its Poisson lower bound; 1.0 when

@@ -32,7 +32,7 @@ def _env(name: str, default: Any, doc: str) -> Any:
     return field(default=default, metadata={"env": name, "doc": doc})
 
 
-def _policy_default(name: str) -> Any:
+def policy_default(name: str) -> Any:
     # The policy's own default, so the number and its reason live in policy.py only.
     return WarmPolicy.__dataclass_fields__[name].default
 
@@ -116,10 +116,10 @@ class ControllerSettings:
         "KINDLING_FORECASTER", "holt", "holt, ewma or seasonal (controller/forecast.py)."
     )
     margin_k: float = _env(
-        "KINDLING_MARGIN_K", _policy_default("margin_k"), "Margin in forecast errors (MAE)."
+        "KINDLING_MARGIN_K", policy_default("margin_k"), "Margin in forecast errors (MAE)."
     )
     cooldown_s: float = _env(
-        "KINDLING_COOLDOWN_S", _policy_default("cooldown_s"), "Seconds before scaling down."
+        "KINDLING_COOLDOWN_S", policy_default("cooldown_s"), "Seconds before scaling down."
     )
     idle_to_zero_s: float = _env(
         "KINDLING_IDLE_TO_ZERO_S",
