@@ -17,6 +17,7 @@ from typing import Any
 
 from kindling.controller.policy import WarmPolicy
 from kindling.controller.raw import RawWorkload
+from kindling.env import env_number
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
@@ -214,10 +215,7 @@ def _parse(name: str, raw: str, kind: type) -> Any:
             return False
         raise SettingsError(f"{name}={raw!r} is not a boolean")
     if kind in (int, float):
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not {kind.__name__}") from None
+        value = env_number({name: raw}, name, kind, kind(0), SettingsError, non_negative=False)
         if not math.isfinite(value):
             raise SettingsError(f"{name}={raw!r} must be finite")
         return value
