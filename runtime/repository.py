@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -46,4 +47,14 @@ def read_repository(settings: ServerSettings) -> list[ModelConfig]:
         folders = [available[m] for m in settings.models]
     if not folders:
         raise ConfigError(f"model repository {root} has no model folders with {CONFIG_FILE}")
-    return [read_config(p) for p in folders]
+    return [sized(read_config(p), settings) for p in folders]
+
+
+def sized(config: ModelConfig, settings: ServerSettings) -> ModelConfig:
+    """The config with the pod's batching overrides (KINDLING_MAX_BATCH_SIZE only lowers)."""
+    batch, delay = settings.max_batch_size, settings.max_queue_delay_ms
+    if batch is not None and config.max_batch_size > batch:
+        config = replace(config, max_batch_size=batch)
+    if delay is not None:
+        config = replace(config, max_queue_delay_ms=delay)
+    return config

@@ -288,6 +288,27 @@ class ServerSettings:
     """Spares the hand-off to the inference thread and back (~0.2 ms of a 5 ms MobileNetV2
     request, README "Latency"); the model's first "last lone request" is its warm-up run;
     other connections wait that long to be read."""
+    max_batch_size: int | None = _env(
+        "KINDLING_MAX_BATCH_SIZE",
+        None,
+        "caps every model's `max_batch_size` (1: no batching); a sizing knob (`kindling "
+        'advise`, "Sizing a model")',
+        "int",
+        shown="config.yaml's",
+        check=lambda v: v is None or v >= 1,
+        rule=">= 1",
+    )
+    """Per pod, so a chart value can size a model without rebuilding its image; only lowers:
+    the buckets and arena were built for config.yaml's size (buckets.py)."""
+    max_queue_delay_ms: float | None = _env(
+        "KINDLING_MAX_QUEUE_DELAY_MS",
+        None,
+        "replaces every model's `batching.max_queue_delay_ms`",
+        "float",
+        shown="config.yaml's",
+        check=lambda v: v is None or v >= 0,
+        rule=">= 0",
+    )
     log_level: str = _env(
         "KINDLING_LOG_LEVEL",
         "info",
