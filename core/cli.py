@@ -11,7 +11,10 @@ import sys
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("kindling.runtime.cli", "serve a model repository over the Open Inference Protocol"),
+    "serve": (
+        "kindling.runtime.serve",
+        "serve a model repository over the Open Inference Protocol",
+    ),
     "models": ("kindling.modelzoo.cli", "build the sample model repository"),
     "embeddings": ("kindling.embeddings.cli", "load and serve word-vector tables"),
     "loadtest": ("kindling.loadtest.cli", "run the papers' workloads with Locust"),

@@ -7,8 +7,8 @@ in-process by the runtime or over HTTP by anyone else.
     result = store.lookup("word2vec", ["the", "cat"])  # .vectors, .oov, .version
 """
 
-from kindling.embeddings.lookup import EmbeddingStore, LookupResult
 from kindling.embeddings.settings import EmbeddingSettings
+from kindling.embeddings.store import EmbeddingStore, LookupResult
 from kindling.embeddings.tables import TableMeta, TableNotFound
 
 __all__ = ["EmbeddingSettings", "EmbeddingStore", "LookupResult", "TableMeta", "TableNotFound"]

@@ -32,12 +32,12 @@ import numpy as np
 import redis
 
 from kindling.embeddings import keys
+from kindling.embeddings.backend import open_backend
 from kindling.embeddings.formats import VectorReader
-from kindling.embeddings.loader import load_table
-from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.redis_server import RedisServer
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
+from kindling.embeddings.store import EmbeddingStore
+from kindling.embeddings.table_loader import load_table
 
 TABLE = "bench"
 DYNAMODB_BATCH = 100  # BatchGetItem's per-request key limit (paper 000)

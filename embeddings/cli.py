@@ -102,9 +102,9 @@ def _settings(args: argparse.Namespace, base: EmbeddingSettings) -> EmbeddingSet
 
 
 def _load(args: argparse.Namespace, settings: EmbeddingSettings) -> int:
-    from kindling.embeddings.loader import load_table
+    from kindling.embeddings.backend import open_backend
     from kindling.embeddings.progress import Progress
-    from kindling.embeddings.store import open_backend
+    from kindling.embeddings.table_loader import load_table
 
     if args.timeout is None:
         # Serving fails fast; a loader streaming 5 MB MSETs can wait for a busy server.
@@ -139,8 +139,8 @@ def _load(args: argparse.Namespace, settings: EmbeddingSettings) -> int:
 def _serve(args: argparse.Namespace, settings: EmbeddingSettings) -> int:
     import uvicorn
 
-    from kindling.embeddings.lookup import EmbeddingStore
     from kindling.embeddings.service import create_app
+    from kindling.embeddings.store import EmbeddingStore
 
     store = EmbeddingStore.from_settings(settings)
     uvicorn.run(create_app(store), host=args.host, port=args.port, log_level="warning")
@@ -148,7 +148,7 @@ def _serve(args: argparse.Namespace, settings: EmbeddingSettings) -> int:
 
 
 def _inspect(args: argparse.Namespace, settings: EmbeddingSettings) -> int:
-    from kindling.embeddings.lookup import EmbeddingStore
+    from kindling.embeddings.store import EmbeddingStore
 
     with EmbeddingStore.from_settings(settings) as store:
         if args.command == "list":

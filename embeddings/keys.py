@@ -15,7 +15,7 @@ one slot, one node, and make the cluster pointless). Table names cannot contain 
 which slot that one word lands in — client and server compute the same slot.
 
 The meta key doubles as the version's sentinel: readers fetch it in the same MGET as the
-words, so a reply without it means the version was deleted under them (see lookup.py).
+words, so a reply without it means the version was deleted under them (see store.py).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kindling.embeddings.lookup import EmbeddingStore
+from kindling.embeddings.store import EmbeddingStore
 from kindling.errors import InvalidInput, KindlingError, PayloadTooLarge
 from kindling.metrics import CONTENT_TYPE, Registry
 

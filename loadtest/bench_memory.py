@@ -344,10 +344,10 @@ def text_store(workdir: Path) -> Iterator[tuple[dict[str, str], list[str]]]:
     """A redis-server with the demo tables: the runtime's env for it, and demo300's
     vocabulary. Without redis-server, the embedded file store (its mapped pages then
     count in the runtime's RSS)."""
-    from kindling.embeddings.loader import load_table
+    from kindling.embeddings.backend import open_backend
     from kindling.embeddings.redis_server import RedisServer, redis_server_path
     from kindling.embeddings.settings import EmbeddingSettings
-    from kindling.embeddings.store import open_backend
+    from kindling.embeddings.table_loader import load_table
     from kindling.modelzoo.build import default_cache
     from kindling.modelzoo.word_vectors import write_demo_vectors
 

@@ -21,10 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kindling.embeddings.loader import load_table
+from kindling.embeddings.backend import open_backend
 from kindling.embeddings.redis_server import RedisServer
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
+from kindling.embeddings.table_loader import load_table
 from kindling.loadtest import corpus
 from kindling.loadtest.benchclient import (
     closed_loop,

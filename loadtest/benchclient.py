@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -35,28 +36,50 @@ def raw_request(path: str, body: bytes, headers: dict[str, str] | None = None) -
     ).encode() + body
 
 
-def start_runtime(repository: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`kindling serve` in a subprocess; `env` adds to this process's environment."""
+def start_runtime(
+    repository: Path,
+    port: int,
+    env: dict[str, str],
+    args: tuple[str, ...] = (),
+    stdout: int | IO[bytes] = subprocess.DEVNULL,
+    stderr: int | IO[bytes] = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """`kindling serve` in a subprocess on `port`; `env` adds to this process's environment.
+    The one launcher: the benchmarks, the advisor and the tests' fixtures start it here."""
+    command = [sys.executable, "-m", "kindling", "serve", "--model-repository", str(repository)]
     return subprocess.Popen(
-        [sys.executable, "-m", "kindling", "serve", "--model-repository", str(repository)],
+        [*command, *args],
         env={**os.environ, **env, "PORT": str(port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
     )
 
 
-def wait_ready(port: int, timeout: float = 60) -> None:
+def wait_ready(
+    port: int,
+    timeout: float = 60,
+    path: str = "/v2/health/ready",
+    process: subprocess.Popen[bytes] | None = None,
+    log: Callable[[], str] = lambda: "",
+) -> None:
+    """Until GET `path` answers 200. A `process` that exits first fails at once, with its
+    `log()`; the timeout is a safety net against a hung process, not a measurement."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"runtime exited with {process.returncode}:\n{log()}")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/v2/health/ready")
-            if conn.getresponse().status == 200:
-                return
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", path)
+                if conn.getresponse().status == 200:
+                    return
+            finally:
+                conn.close()
         except OSError:
             pass
         time.sleep(0.01)
-    raise TimeoutError("server never became ready")
+    raise TimeoutError(f"runtime not answering 200 on {path} after {timeout} s:\n{log()}")
 
 
 ECHO_BODY = b"x" * 4000  # about one image model's binary logits response
@@ -74,7 +97,7 @@ def start_echo(port: int) -> subprocess.Popen[bytes]:
 
 def serve_echo(port: int) -> None:
     from kindling.runtime.httpserver import App, Request, Response
-    from kindling.runtime.server import run_app
+    from kindling.runtime.lifecycle import run_app
 
     async def handle(request: Request) -> Response:
         await request.body()

@@ -222,7 +222,7 @@ def encode_openwhisk(
 ) -> tuple[bytes, dict[str, str]]:
     """An action container's /run body, {"value": params}; the controller API takes
     the params alone (`wrap` False). `model_name` picks the model in an image serving
-    several (runtime/imageaction.py)."""
+    several (runtime/builtin_action.py)."""
     params = {"model_name": model, **oip_json_doc(tensors, outputs)}
     doc = {"value": params} if wrap else params
     return json.dumps(doc, separators=(",", ":")).encode(), {"Content-Type": "application/json"}

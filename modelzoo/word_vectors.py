@@ -75,8 +75,8 @@ def write_demo_vectors(folder: Path) -> dict[str, Path]:
 def load_demo_tables(store_dir: Path, vectors_dir: Path) -> list[str]:
     """Load the demo tables into the embedded file store at `store_dir`, skipping those
     already live from the same file; returns the tables loaded."""
-    from kindling.embeddings.loader import load_table
-    from kindling.embeddings.store_file import FileBackend
+    from kindling.embeddings.backend_file import FileBackend
+    from kindling.embeddings.table_loader import load_table
 
     backend = FileBackend(store_dir)
     loaded = []

@@ -62,19 +62,19 @@ DTYPES: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
     "BYTES": np.dtype(object),
 }
-DATATYPES: dict[np.dtype, str] = {v: k for k, v in DTYPES.items()}
+DATATYPE_OF: dict[np.dtype, str] = {v: k for k, v in DTYPES.items()}
 LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def datatype_of(array: np.ndarray) -> str:
     dtype = array.dtype
-    datatype = DATATYPES.get(dtype)  # native order on little-endian hosts: no new dtype
+    datatype = DATATYPE_OF.get(dtype)  # native order on little-endian hosts: no new dtype
     if datatype is not None:
         return datatype
     if dtype.kind in ("O", "S", "U"):
         return "BYTES"
     try:
-        return DATATYPES[dtype.newbyteorder("<")]
+        return DATATYPE_OF[dtype.newbyteorder("<")]
     except KeyError:
         raise InvalidInput(f"dtype {array.dtype} has no OIP datatype") from None
 
@@ -400,7 +400,7 @@ def _decode_input(
                     f"the JSON with input {name!r}'s {count} binary BYTES elements (each "
                     f"decoded alone, as a JSON value is, and counting {BYTES_ELEMENT_COST} bytes)",
                 )
-            return _decode_bytes(chunk, count, name).reshape(shape), size, cost
+            return decode_bytes(chunk, count, name).reshape(shape), size, cost
         if size != count * dtype.itemsize:
             raise InvalidInput(
                 f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} "
@@ -477,7 +477,7 @@ def _leaves(data: Any) -> list[Any]:
     return np.array(data, dtype=object).reshape(-1).tolist()
 
 
-def _decode_bytes(chunk: memoryview, count: int, name: str) -> np.ndarray:
+def decode_bytes(chunk: memoryview, count: int, name: str) -> np.ndarray:
     # One copy of the chunk, then a slice per element: slicing bytes makes the element in
     # one step, where a memoryview slice and bytes() of it take two.
     raw = bytes(chunk)
@@ -537,7 +537,7 @@ def encode_response(
         datatype = datatype_of(array)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            blob = encode_bytes(array) if datatype == "BYTES" else _le_bytes(array)
+            blob = encode_bytes(array) if datatype == "BYTES" else le_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif datatype == "BYTES":
@@ -555,7 +555,7 @@ def encode_response(
     return b"".join([header, *blobs]), len(header)
 
 
-def _le_bytes(array: np.ndarray) -> bytes:
+def le_bytes(array: np.ndarray) -> bytes:
     if array.dtype.byteorder == "<" or (array.dtype.byteorder in "=|" and LITTLE_ENDIAN):
         return array.tobytes()  # C order, whatever the array's layout
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()

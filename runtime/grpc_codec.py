@@ -23,11 +23,11 @@ from kindling.runtime.codec import (
     MAX_NBYTES,
     InferRequest,
     RequestedOutput,
-    _decode_bytes,
-    _le_bytes,
     datatype_of,
+    decode_bytes,
     encode_bytes,
     json_too_large,
+    le_bytes,
 )
 
 # OIP datatype -> InferTensorContents field (grpc_predict_v2.proto, "InferTensorContents").
@@ -107,7 +107,7 @@ def _decode_input(tensor: Any, raw: bytes | None) -> np.ndarray:
                 raise InvalidInput(
                     f"input {name!r}: {len(raw)} bytes cannot hold {count} BYTES elements"
                 )
-            return _decode_bytes(memoryview(raw), count, name).reshape(shape)
+            return decode_bytes(memoryview(raw), count, name).reshape(shape)
         if len(raw) != count * dtype.itemsize:
             raise InvalidInput(
                 f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} "
@@ -159,6 +159,6 @@ def encode_infer_response(
         datatype = datatype_of(array)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         response.raw_output_contents.append(
-            encode_bytes(array) if datatype == "BYTES" else _le_bytes(array)
+            encode_bytes(array) if datatype == "BYTES" else le_bytes(array)
         )
     return response

@@ -1,6 +1,6 @@
 """`inference.GRPCInferenceService` over the data plane: the OIP's third transport.
 
-Imported only when KINDLING_GRPC_PORT is set (runtime/server.py): grpcio and protobuf are
+Imported only when KINDLING_GRPC_PORT is set (runtime/lifecycle.py): grpcio and protobuf are
 the `grpc` extra (`pip install kindling[grpc]`), not in the default runtime image.
 
 Served by grpc.aio on the HTTP server's event loop, so the data plane (its batcher and

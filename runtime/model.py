@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from kindling.runtime.settings import ModelConfig, ServerSettings, TensorSpec
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from kindling.embeddings.lookup import EmbeddingStore
+    from kindling.embeddings.store import EmbeddingStore
     from kindling.runtime.preprocess import Preprocessor
 
 log = logging.getLogger("kindling.runtime")
@@ -40,6 +41,33 @@ ORT_TYPES: dict[str, type] = {
 # Length given to dynamic non-batch dimensions of the warm-up input: long enough for the
 # widest text-CNN filter (5, Severyn & Moschitti 2015), short enough to cost nothing.
 WARMUP_DYNAMIC_DIM = 16
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What loading a model needs from the process's settings, and nothing else."""
+
+    threads: int  # onnxruntime intra-op threads (cpu.available_cpus unless KINDLING_THREADS)
+    cache_root: Path
+    uri_schemes: tuple[str, ...]
+    download_timeout_s: float
+    model_uri_root: Path | None
+    providers: tuple[str, ...]
+    optimized_cache: bool
+    spin: bool | None
+
+    @classmethod
+    def of(cls, settings: ServerSettings, threads: int) -> LoadOptions:
+        return cls(
+            threads=threads,
+            cache_root=settings.cache_root,
+            uri_schemes=settings.uri_schemes,
+            download_timeout_s=settings.download_timeout_s,
+            model_uri_root=settings.model_uri_root,
+            providers=settings.providers,
+            optimized_cache=settings.optimized_cache,
+            spin=settings.spin,
+        )
 
 
 class ModelState(enum.Enum):
@@ -76,17 +104,17 @@ class Model:
 
     # -- loading (runs in the loader thread) -------------------------------------------
 
-    def fetch(self, settings: ServerSettings, timeline: ColdStartTimeline) -> None:
+    def fetch(self, options: LoadOptions, timeline: ColdStartTimeline) -> None:
         """Bring the model file to local disk; runs alongside the onnxruntime import."""
         try:
             if self.config.model_uri:
                 self._path = fetch_model(
                     self.config.model_uri,
-                    settings.uri_schemes,
-                    settings.cache_root,
-                    settings.download_timeout_s,
+                    options.uri_schemes,
+                    options.cache_root,
+                    options.download_timeout_s,
                     self.config.model_sha256,
-                    settings.model_uri_root,
+                    options.model_uri_root,
                 )
                 if is_download(self.config.model_uri):
                     self._downloaded = self._path.stat()
@@ -100,15 +128,14 @@ class Model:
 
     def load(
         self,
-        settings: ServerSettings,
-        threads: int,
+        options: LoadOptions,
         timeline: ColdStartTimeline,
         embedding_store: Callable[[], EmbeddingStore],
     ) -> None:
         """Session, warm-up, ready: after `fetch`, in the loader thread."""
         try:
             if self.state is ModelState.LOADING:
-                self._load(settings, threads, timeline, embedding_store)
+                self._load(options, timeline, embedding_store)
                 self.state = ModelState.READY
                 timeline.mark("ready", self.name)
         except Exception as exc:  # any failure leaves the model FAILED with a clear reason
@@ -120,22 +147,21 @@ class Model:
 
     def _load(
         self,
-        settings: ServerSettings,
-        threads: int,
+        options: LoadOptions,
         timeline: ColdStartTimeline,
         embedding_store: Callable[[], EmbeddingStore],
     ) -> None:
-        path = self._path
+        path, threads = self._path, options.threads
         assert path is not None, "fetch() runs before load()"
-        cache_dir = settings.cache_root
+        cache_dir = options.cache_root
         from kindling.runtime.preprocess import make_preprocessor
         from kindling.runtime.session import choose_providers, create_session, optimized_path
 
-        chosen = choose_providers(settings.providers)
-        cache_path = optimized_path(path, chosen, cache_dir) if settings.optimized_cache else None
+        chosen = choose_providers(options.providers)
+        cache_path = optimized_path(path, chosen, cache_dir) if options.optimized_cache else None
         try:
             self.session, self.optimized_cache_hit = create_session(
-                path, threads, chosen, cache_path, settings.spin
+                path, threads, chosen, cache_path, options.spin
             )
         except ModelLoadError as exc:
             raise self._evicted(exc) from exc
@@ -155,7 +181,7 @@ class Model:
             session_path = cache_path if self.optimized_cache_hit else path
 
             def make_session() -> ort.InferenceSession:
-                return create_session(session_path, threads, chosen, None, settings.spin)[0]  # type: ignore[arg-type]
+                return create_session(session_path, threads, chosen, None, options.spin)[0]  # type: ignore[arg-type]
 
             pads = {n: v for n, v in self.pad_values.items() if v is not None}
             self.runner = BucketedSession(

@@ -5,8 +5,8 @@ with the action's code, then POST /run per activation; on Knative, POST / carrie
 (__OW_RUNTIME_PLATFORM=knative, as openwhisk-runtime-nodejs platform/knative.js). With no
 code the action is the image's own: /run takes an OIP inference request. Behaviour and
 messages follow the Python runtime (apache/openwhisk-runtime-python) and the Go action
-proxy it runs on (apache/openwhisk-runtime-go); the module docstrings of action.py and
-the README ("OpenWhisk") say what action code gets.
+proxy it runs on (apache/openwhisk-runtime-go). What action code gets: action.py (its API),
+action_init.py (how it is loaded) and the README ("OpenWhisk").
 
 On the runtime's own HTTP server like rest.py, for the same cold-start reason.
 """
@@ -36,18 +36,18 @@ from kindling.errors import (
     MethodNotAllowed,
     RouteNotFound,
 )
-from kindling.runtime import action
+from kindling.runtime import action, action_init
+from kindling.runtime.builtin_action import ImageAction, never_503, text_media
 from kindling.runtime.cpu import available_cpus
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.httpserver import JSON, App, Request, Response
-from kindling.runtime.imageaction import ImageAction, never_503, text_media
 from kindling.runtime.responses import error_body, error_response
 from kindling.runtime.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from kindling.embeddings.lookup import EmbeddingStore
     from kindling.embeddings.settings import EmbeddingSettings
-    from kindling.runtime.loader import ModelLoader
+    from kindling.embeddings.store import EmbeddingStore
+    from kindling.runtime.model_loader import ModelLoader
 
 log = logging.getLogger("kindling.runtime")
 
@@ -131,7 +131,7 @@ class ActionProxy:
         self.settings = settings
         self.plane = plane
         self.loader = loader
-        self.code: action.UserAction | None = None
+        self.code: action_init.UserAction | None = None
         self.initialized = False
         self.image_action = ImageAction(
             lambda: self.plane, settings.max_body_bytes, settings.max_json_bytes
@@ -159,7 +159,7 @@ class ActionProxy:
     async def loaded(self) -> None:
         """Wait for the image's models: /init answers once they are ready, so no /run
         meets one still loading."""
-        await self.loader.wait()  # no thread blocked on a hanging download (loader.py)
+        await self.loader.wait()  # no thread blocked on a hanging download (model_loader.py)
 
     def embedding_store(self) -> EmbeddingStore:
         """The store for action code, from the environment as /init left it: the loader's
@@ -170,7 +170,7 @@ class ActionProxy:
                 if settings == self.loader.embedding_settings:
                     self._store = self.loader.embedding_store()
                 else:
-                    from kindling.embeddings.lookup import EmbeddingStore
+                    from kindling.embeddings.store import EmbeddingStore
 
                     self._store = EmbeddingStore.from_settings(settings, self.loader.registry)
             return self._store
@@ -188,41 +188,42 @@ class ActionProxy:
             if self.initialized:
                 print(ALREADY_INITIALIZED, file=sys.stderr, flush=True)
                 raise AlreadyInitialized(ALREADY_INITIALIZED)
-            spec = action.InitSpec.parse(message)
+            spec = action_init.InitSpec.parse(message)
             await self.loaded()
             # Before the code loads, which may read them (openwhisk-runtime-go, SetEnv).
-            action.export_env(spec.env)
+            action_init.export_env(spec.env)
             self._resolve_store_settings()
             if spec.code and spec.binary:
                 await self._init_zip(spec)
             elif spec.code:
                 self.code = await asyncio.to_thread(
-                    action.UserAction.load, spec.code, action.MAIN_FILE, spec.main
+                    action_init.UserAction.load, spec.code, action_init.MAIN_FILE, spec.main
                 )
             self.initialized, self._init_value = True, message
 
-    async def _init_zip(self, spec: action.InitSpec) -> None:
+    async def _init_zip(self, spec: action_init.InitSpec) -> None:
         root = Path(tempfile.mkdtemp(prefix="kindling-action-"))
         self._extracted.append(root)
         try:
             limit = self.settings.openwhisk_max_unzip_bytes
-            await asyncio.to_thread(action.unpack, spec.code, root, limit)
-            folders = action.model_folders(root)
-            has_main = (root / action.MAIN_FILE).is_file()
+            await asyncio.to_thread(action_init.unpack, spec.code, root, limit)
+            folders = action_init.model_folders(root)
+            has_main = (root / action_init.MAIN_FILE).is_file()
             if not folders and not has_main:
-                message = (
-                    f"Zip file does not include {action.MAIN_FILE} or a model folder (config.yaml)"
-                )
+                main = action_init.MAIN_FILE
+                message = f"Zip file does not include {main} or a model folder (config.yaml)"
                 print(message, file=sys.stderr, flush=True)  # openwhisk-runtime-python's wording
-                raise action.ActionInitError(f"Cannot start action: {message}")
+                raise action_init.ActionInitError(f"Cannot start action: {message}")
             if folders:
+                from kindling.runtime.model import LoadOptions
+
                 threads = self.settings.threads or available_cpus()
+                options = LoadOptions.of(self.settings, threads)
                 timeline = self.plane.timeline
                 loaded = await asyncio.to_thread(
-                    action.load_models,
+                    action_init.load_models,
                     folders,
-                    self.settings,
-                    threads,
+                    options,
                     timeline,
                     self.embedding_store,
                 )
@@ -235,7 +236,7 @@ class ActionProxy:
             # A zip's model replaces a built-in one of its name.
             await self.plane.add_models({m.name: m for m in loaded})
         if has_main:
-            self.code = await asyncio.to_thread(action.UserAction.from_folder, root, spec.main)
+            self.code = await asyncio.to_thread(action_init.UserAction.from_folder, root, spec.main)
 
     async def run(self, message: Any) -> Outcome:
         async with self._run_gate:
@@ -251,7 +252,7 @@ class ActionProxy:
             raise InvalidInput("/run takes a JSON object")
         value = message.get("value", {})
         # The activation context: every other key as __OW_<KEY> (docs/actions-new.md).
-        action.export_env({k: v for k, v in message.items() if k != "value"}, prefix="__OW_")
+        action_init.export_env({k: v for k, v in message.items() if k != "value"}, prefix="__OW_")
         await self.loaded()
         if self.code is None:
             body, result = await self.image_action.run(value)

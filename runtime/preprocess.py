@@ -32,7 +32,7 @@ from kindling.runtime.settings import ConfigError, ModelConfig
 from kindling.runtime.text import TOKENIZERS
 
 if TYPE_CHECKING:
-    from kindling.embeddings.lookup import EmbeddingStore
+    from kindling.embeddings.store import EmbeddingStore
 
 Tensors = dict[str, np.ndarray]
 

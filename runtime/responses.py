@@ -2,7 +2,7 @@
 headers, taken from the exception (kindling.errors: each type carries its status).
 
 OIP REST (`rest.py`), OpenWhisk (`openwhisk.py`) and the image's built-in action
-(`imageaction.py`) import it from here, so none of them depends on another transport.
+(`builtin_action.py`) import it from here, so none of them depends on another transport.
 """
 
 from __future__ import annotations

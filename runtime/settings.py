@@ -536,7 +536,7 @@ class ModelConfig:
 
 # The OIP datatypes (KServe Open Inference Protocol, "Tensor Data Types"), less BF16,
 # which numpy cannot hold.
-DATATYPES = frozenset(
+OIP_DATATYPES = frozenset(
     "BOOL UINT8 UINT16 UINT32 UINT64 INT8 INT16 INT32 INT64 FP16 FP32 FP64 BYTES".split()
 )
 
@@ -553,7 +553,7 @@ def _sha256(value: Any) -> str | None:
 def _tensor(data: Mapping[str, Any]) -> TensorSpec:
     pad = data.get("pad_value")
     datatype = str(data["datatype"]).upper()
-    if datatype not in DATATYPES:
+    if datatype not in OIP_DATATYPES:
         raise ValueError(f"tensor {data['name']!r}: unknown datatype {datatype!r}")
     return TensorSpec(
         name=str(data["name"]),

@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from kindling.cluster.processes import free_port
+from kindling.loadtest import benchclient
 
 # The cluster tier's fixtures (`cluster`, `cluster_tools`, `api`, `namespace`): one
 # control plane per session for every folder that asks for it.
@@ -142,17 +142,7 @@ class RuntimeProcess:
             conn.close()
 
     def wait(self, path: str = "/v2/health/ready", timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"runtime exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if self.get(path)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise TimeoutError(f"runtime not answering 200 on {path} after {timeout} s:\n{self.log()}")
+        benchclient.wait_ready(self.port, timeout, path, self.process, self.log)
 
     def wait_listening(self, timeout: float = 60.0) -> None:
         """Until the port accepts connections: all an OpenWhisk invoker waits for."""
@@ -209,22 +199,17 @@ def launch_runtime(
     tmp = workdir / f"tmp-{port}"
     tmp.mkdir(exist_ok=True)
     full_env = {
-        **os.environ,
-        "PORT": str(port),
         "KINDLING_CACHE_DIR": str(workdir / "cache"),
         "TMPDIR": str(tmp),
     }
     if models:
         full_env["KINDLING_MODELS"] = ",".join(models)
     full_env.update(env or {})
-    command = [sys.executable, "-m", "kindling", "serve", "--model-repository", str(repository)]
-    if openwhisk:
-        command += ["--openwhisk", "--port", str(port)]
-    command += args
+    args = (*(("--openwhisk", "--port", str(port)) if openwhisk else ()), *args)
     with contextlib.ExitStack() as files:
         log = files.enter_context(log_path.open("wb"))
         err = files.enter_context(err_path.open("wb")) if err_path else subprocess.STDOUT
-        process = subprocess.Popen(command, env=full_env, stdout=log, stderr=err)
+        process = benchclient.start_runtime(repository, port, full_env, args, log, err)
     runtime = RuntimeProcess(process, port, log_path, err_path, tmp)
     try:
         if wait_for and openwhisk:

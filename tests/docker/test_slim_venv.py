@@ -39,7 +39,7 @@ def venv(tmp_path: Path) -> Path:
     site.mkdir(parents=True)
     (tmp_path / "venv" / "bin").mkdir()
     make_dist(
-        site, "kindling", ("numpy>=1.26",), ("kindling/__init__.py", "kindling/runtime/cli.py")
+        site, "kindling", ("numpy>=1.26",), ("kindling/__init__.py", "kindling/runtime/serve.py")
     )
     make_dist(
         site,
@@ -113,7 +113,7 @@ def test_trim_keeps_the_runtime_closure_and_nothing_else(venv: Path) -> None:
     present = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
     code = {p for p in present if ".dist-info/" not in p}
     assert code == {
-        "kindling/__init__.py", "kindling/runtime/cli.py", "numpy/__init__.py",
+        "kindling/__init__.py", "kindling/runtime/serve.py", "numpy/__init__.py",
         "numpy/_core/numeric.py", "onnxruntime/__init__.py",
         "onnxruntime/capi/onnxruntime_pybind11_state.so", "tokenizers/__init__.py",
         "redis/__init__.py", "async_timeout/__init__.py",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from kindling.embeddings.backend import Backend, open_backend
 from kindling.embeddings.redis_server import RedisServer, redis_server_path
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import Backend, open_backend
 
 NO_REDIS = "redis-server is not installed (apt-get install redis-server)"
 

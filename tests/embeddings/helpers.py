@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kindling.embeddings.loader import LoadReport, load_table
+from kindling.embeddings.backend import open_backend
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
+from kindling.embeddings.table_loader import LoadReport, load_table
 
 WORDS = ["the", "cat", "sat", "on", "mat", "café", "naïve", "東京", "{tag}", "a{b}c", "<unk>"]
 

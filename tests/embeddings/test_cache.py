@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.settings import EmbeddingSettings
+from kindling.embeddings.store import EmbeddingStore
 from tests.embeddings.helpers import load_file
 
 VOCAB, CACHE, S = 10_000, 1_000, 1.1

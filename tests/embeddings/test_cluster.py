@@ -10,9 +10,9 @@ import redis
 from redis.crc import key_slot
 
 from kindling.embeddings import keys
-from kindling.embeddings.lookup import EmbeddingStore
+from kindling.embeddings.backend_redis import group_by_slot
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store_redis import group_by_slot
+from kindling.embeddings.store import EmbeddingStore
 from tests.embeddings.conftest import Cluster
 from tests.embeddings.helpers import WORDS, load_file, make_vectors, write_gensim
 

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kindling.embeddings import lookup as lookup_module
-from kindling.embeddings.loader import load_table
-from kindling.embeddings.lookup import EmbeddingStore
+from kindling.embeddings import store as store_module
+from kindling.embeddings.backend import open_backend
 from kindling.embeddings.redis_server import RedisServer
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
+from kindling.embeddings.store import EmbeddingStore
+from kindling.embeddings.table_loader import load_table
 from kindling.errors import DependencyUnavailable
 from tests.embeddings.conftest import require_redis
 from tests.embeddings.helpers import make_vectors, write_gensim
@@ -52,7 +52,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     fake_time = SimpleNamespace(monotonic=fake.monotonic, perf_counter=time.perf_counter)
-    monkeypatch.setattr(lookup_module, "time", fake_time)
+    monkeypatch.setattr(store_module, "time", fake_time)
     return fake
 
 

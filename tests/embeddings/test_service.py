@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.redis_server import free_port
 from kindling.embeddings.service import create_app
 from kindling.embeddings.settings import EmbeddingSettings
+from kindling.embeddings.store import EmbeddingStore
 from tests.conftest import stop_process
 from tests.embeddings.helpers import WORDS, load_file, make_vectors, write_gensim
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kindling.embeddings.loader import load_table
-from kindling.embeddings.lookup import EmbeddingStore
+from kindling.embeddings.backend import Backend
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import Backend
+from kindling.embeddings.store import EmbeddingStore
+from kindling.embeddings.table_loader import load_table
 from tests.embeddings.helpers import write_gensim
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from kindling.errors import InvalidActionResult, InvalidInput, KindlingError, PayloadTooLarge
-from kindling.runtime.action import InitSpec
+from kindling.runtime.action_init import InitSpec
+from kindling.runtime.builtin_action import ImageAction
 from kindling.runtime.codec import (
     BYTES_ELEMENT_COST,
     JSON_ARRAY_COST,
@@ -31,7 +32,6 @@ from kindling.runtime.codec import (
     decompress,
     precheck,
 )
-from kindling.runtime.imageaction import ImageAction
 from kindling.runtime.openwhisk import Outcome, http_response
 from kindling.runtime.settings import ServerSettings
 from tests.conftest import RuntimeProcess, launch_runtime

@@ -28,7 +28,7 @@ from kindling.errors import ModelLoadError
 from kindling.runtime import fetch
 from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.fetch import evict, fetch_model
-from kindling.runtime.model import Model, ModelState
+from kindling.runtime.model import LoadOptions, Model, ModelState
 from kindling.runtime.settings import ConfigError, ModelConfig, ServerSettings
 from tests.conftest import RuntimeProcess, StartRuntime, free_port
 from tests.runtime.origin import LoopbackOrigin, serving
@@ -53,7 +53,7 @@ sys.stdin.read()
 STUCK_APP = """
 import asyncio, sys, threading
 from kindling.runtime.httpserver import App, Response
-from kindling.runtime.server import run_app
+from kindling.runtime.lifecycle import run_app
 
 async def handle(request):
     print("stuck", flush=True)
@@ -348,8 +348,10 @@ def test_a_download_onnxruntime_cannot_load_is_evicted(origin, tmp_path, tiny_on
     def load() -> Model:
         model = Model(config)
         timeline = ColdStartTimeline(started_at=time.time())
-        model.fetch(settings, timeline)
-        model.load(settings, 1, timeline, embedding_store=lambda: pytest.fail("no store"))
+        model.fetch(LoadOptions.of(settings, 1), timeline)
+        model.load(
+            LoadOptions.of(settings, 1), timeline, embedding_store=lambda: pytest.fail("no store")
+        )
         return model
 
     origin.routes["/m.onnx"] = origin.body(MODEL)  # ONNX framing, not a graph ORT loads
@@ -564,8 +566,10 @@ def test_the_spin_setting_reaches_the_served_session(tmp_path, tiny_onnx, spin, 
     )
     model = Model(ModelConfig.from_dict(tiny_config("m"), tmp_path / "m"))
     timeline = ColdStartTimeline(started_at=time.time())
-    model.fetch(settings, timeline)
-    model.load(settings, 1, timeline, embedding_store=lambda: pytest.fail("no store"))
+    model.fetch(LoadOptions.of(settings, 1), timeline)
+    model.load(
+        LoadOptions.of(settings, 1), timeline, embedding_store=lambda: pytest.fail("no store")
+    )
     assert model.state is ModelState.READY, model.error
     options = model.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == flag

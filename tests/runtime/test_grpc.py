@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from kindling.cluster.processes import free_port
 from tests.conftest import SAMPLE_MODELS, RuntimeProcess, launch_runtime
-from tests.runtime.test_server import config_of, reference, sample_inputs, sigterm_mid_request
+from tests.runtime.test_serve import config_of, reference, sample_inputs, sigterm_mid_request
 
 pytestmark = pytest.mark.integration
 
@@ -267,7 +267,7 @@ def test_grpc_imported_only_when_enabled(model_repository, start_runtime, enable
     assert runtime.get("/v2/models/kim_cnn")[0] == 200
     assert runtime.stop() == 0
     imported = _imported(runtime)
-    assert "kindling.runtime.server" in imported  # the profile was read
+    assert "kindling.runtime.lifecycle" in imported  # the profile was read
     grpc_modules = {m for m in imported if m.split(".")[0] in ("grpc", "google")}
     if enabled:
         assert "grpc" in grpc_modules

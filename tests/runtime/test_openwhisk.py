@@ -27,7 +27,7 @@ import tritonclient.http as triton
 import yaml
 
 from kindling.errors import InvalidInput, PayloadTooLarge
-from kindling.runtime.action import ActionInitError, InitSpec, env_text, unpack
+from kindling.runtime.action_init import ActionInitError, InitSpec, env_text, unpack
 from kindling.runtime.settings import ServerSettings
 from kindling.runtime.text import clean_str_sst
 from tests.conftest import RuntimeProcess, StartRuntime
@@ -559,8 +559,8 @@ def test_zip_that_is_unsafe_or_not_a_zip_is_refused(start_action):
 
 @integration
 def test_kim_cnn_handler_with_the_embedding_store(start_action, model_repository, tmp_path):
-    from kindling.embeddings.loader import load_table
-    from kindling.embeddings.store_file import FileBackend
+    from kindling.embeddings.backend_file import FileBackend
+    from kindling.embeddings.table_loader import load_table
 
     words = ["a", "gripping", ",", "funny", "film", "the", "plot", "!"]
     vectors = np.random.default_rng(0).standard_normal((len(words), 300)).astype(np.float32)
@@ -626,6 +626,42 @@ def main(args):
     probabilities = np.array(result["probabilities"])
     assert probabilities.shape == (2, 5)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@integration
+def test_action_code_reads_redis_given_by_the_redis_flag(start_action, tmp_path):
+    """`kindling serve --openwhisk --redis URL`: action code's `embeddings` read that Redis,
+    the flag over KINDLING_REDIS_URL (blank here); the table is in no file store."""
+    from kindling.embeddings.backend import open_backend
+    from kindling.embeddings.redis_server import RedisServer
+    from kindling.embeddings.settings import EmbeddingSettings
+    from kindling.embeddings.table_loader import load_table
+    from tests.embeddings.conftest import require_redis
+
+    require_redis()
+    words = ["film", "plot"]
+    vectors = np.arange(2 * 4, dtype=np.float32).reshape(2, 4)
+    glove = tmp_path / "vectors.txt"
+    glove.write_text(
+        "".join(f"{w} {' '.join(map(str, v))}\n" for w, v in zip(words, vectors, strict=True))
+    )
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        backend = open_backend(EmbeddingSettings(url=server.url))
+        try:
+            load_table(backend, "only_in_redis", glove, "glove", grace=0.0)
+        finally:
+            backend.close()
+        action = start_action(args=("--redis", server.url))
+        code = """
+from kindling.runtime.action import embeddings
+def main(args):
+    return {"rows": embeddings.vectors("only_in_redis", args["words"]).tolist()}
+"""
+        assert action.init(code)[0] == 200
+        assert action.run({"words": ["plot", "film"]}) == (200, {"rows": vectors[::-1].tolist()})
+    finally:
+        server.stop()
 
 
 # -- web actions ---------------------------------------------------------------------------

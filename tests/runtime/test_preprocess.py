@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kindling.embeddings.loader import load_table
-from kindling.embeddings.lookup import EmbeddingStore
+from kindling.embeddings.backend_file import FileBackend
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store_file import FileBackend
+from kindling.embeddings.store import EmbeddingStore
+from kindling.embeddings.table_loader import load_table
 from kindling.errors import InferenceError, InvalidInput
 from kindling.runtime.preprocess import WordVectors, make_preprocessor
 from kindling.runtime.settings import ConfigError, ModelConfig

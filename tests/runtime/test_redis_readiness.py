@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import redis as redis_client
 
-from kindling.embeddings.loader import load_table
+from kindling.embeddings.backend import open_backend
 from kindling.embeddings.redis_server import RedisServer
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
+from kindling.embeddings.table_loader import load_table
 from kindling.modelzoo.build import default_cache
 from kindling.modelzoo.word_vectors import write_demo_vectors
 from tests.conftest import RuntimeProcess, StartRuntime

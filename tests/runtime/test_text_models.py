@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from kindling.embeddings.loader import load_table
+from kindling.embeddings.backend import open_backend
 from kindling.embeddings.redis_server import RedisServer
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import open_backend
+from kindling.embeddings.table_loader import load_table
 from kindling.modelzoo.build import default_cache
 from kindling.modelzoo.word_vectors import write_demo_vectors
 from tests.embeddings.conftest import require_redis

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.httpserver import App, HttpServer, Limits
-from kindling.runtime.loader import ModelLoader
+from kindling.runtime.model_loader import ModelLoader
 from kindling.runtime.settings import ServerSettings
 from kindling.runtime.telemetry import RuntimeMetrics
 

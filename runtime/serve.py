@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_during_start_up)
     from kindling.runtime.cpu import available_cpus
-    from kindling.runtime.loader import ModelLoader
+    from kindling.runtime.model_loader import ModelLoader
     from kindling.runtime.repository import read_repository
     from kindling.runtime.settings import ConfigError, ServerSettings
     from kindling.runtime.telemetry import RuntimeMetrics
@@ -111,6 +111,6 @@ def main(argv: list[str]) -> int:
     loader.start()
     loader.imported.wait()
 
-    from kindling.runtime.server import serve
+    from kindling.runtime.lifecycle import serve
 
     return serve(settings, loader, metrics)

@@ -21,9 +21,9 @@ from kindling.runtime.coldstart import ColdStartTimeline
 from kindling.runtime.settings import ModelConfig, ServerSettings
 
 if TYPE_CHECKING:
-    from kindling.embeddings.lookup import EmbeddingStore
     from kindling.embeddings.settings import EmbeddingSettings
-    from kindling.runtime.model import Model
+    from kindling.embeddings.store import EmbeddingStore
+    from kindling.runtime.model import LoadOptions, Model
 
 
 class ModelLoader(threading.Thread):
@@ -38,7 +38,7 @@ class ModelLoader(threading.Thread):
     ) -> None:
         super().__init__(name="model-loader", daemon=True)
         self.configs = configs
-        self.settings = settings
+        self.settings = settings  # LoadOptions.of(settings) once model.py is imported, in run()
         self.threads = threads
         self.timeline = timeline
         self.registry = registry
@@ -60,14 +60,15 @@ class ModelLoader(threading.Thread):
         fetched: queue.SimpleQueue[Model] = queue.SimpleQueue()
         try:
             try:
-                from kindling.runtime.model import Model
+                from kindling.runtime.model import LoadOptions, Model
 
+                options = LoadOptions.of(self.settings, self.threads)
                 self.models = {c.name: Model(c) for c in self.configs}
                 # Downloads wait on the network, not the GIL: they overlap the import below.
                 for model in self.models.values():
                     threading.Thread(
                         target=self._fetch,
-                        args=(model, fetched),
+                        args=(model, options, fetched),
                         name=f"fetch-{model.name}",
                         daemon=True,
                     ).start()
@@ -77,13 +78,13 @@ class ModelLoader(threading.Thread):
             # One at a time, in the order fetches finish: loads share the CPUs.
             for _ in self.models:
                 model = fetched.get()
-                model.load(self.settings, self.threads, self.timeline, self.embedding_store)
+                model.load(options, self.timeline, self.embedding_store)
         finally:
             self._settle()
 
-    def _fetch(self, model: Model, fetched: queue.SimpleQueue[Model]) -> None:
+    def _fetch(self, model: Model, options: LoadOptions, fetched: queue.SimpleQueue[Model]) -> None:
         try:
-            model.fetch(self.settings, self.timeline)  # a failure leaves the model FAILED
+            model.fetch(options, self.timeline)  # a failure leaves the model FAILED
         finally:
             fetched.put(model)
 
@@ -124,8 +125,8 @@ class ModelLoader(threading.Thread):
         models without word vectors never import the Redis client)."""
         with self._store_lock:  # OpenWhisk's /init loads models from another thread
             if self._store is None:
-                from kindling.embeddings.lookup import EmbeddingStore
                 from kindling.embeddings.settings import EmbeddingSettings
+                from kindling.embeddings.store import EmbeddingStore
 
                 settings = self.embedding_settings or EmbeddingSettings()
                 self._store = EmbeddingStore.from_settings(settings, self.registry)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kindling.embeddings.backend import Backend, LoadError
 from kindling.embeddings.formats import Batch, VectorReader, row_views
 from kindling.embeddings.progress import Progress
-from kindling.embeddings.store import Backend, LoadError
 from kindling.embeddings.tables import DTYPES, TableMeta, check_table_name
 from kindling.errors import InvalidInput
 

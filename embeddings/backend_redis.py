@@ -37,9 +37,9 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from kindling.embeddings import keys
+from kindling.embeddings.backend import Fetched, LoadError, rows_as_float32
 from kindling.embeddings.formats import Buffer
 from kindling.embeddings.settings import StoreLocation
-from kindling.embeddings.store import Fetched, LoadError, rows_as_float32
 from kindling.embeddings.tables import TableMeta, new_version
 from kindling.errors import DependencyUnavailable, KindlingError
 from kindling.metrics import Registry

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kindling.embeddings.backend import Fetched, LoadError, rows_as_float32
 from kindling.embeddings.formats import Buffer
-from kindling.embeddings.store import Fetched, LoadError, rows_as_float32
 from kindling.embeddings.tables import TableMeta, is_version, new_version, version_sequence
 from kindling.errors import DependencyUnavailable
 

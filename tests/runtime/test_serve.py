@@ -22,8 +22,8 @@ from google.protobuf import json_format
 from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
-from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.settings import EmbeddingSettings
+from kindling.embeddings.store import EmbeddingStore
 from kindling.loadtest.bench_runtime import binary_request
 from kindling.runtime.text import clean_str_sst
 from tests.conftest import SAMPLE_MODELS, RuntimeProcess, launch_runtime

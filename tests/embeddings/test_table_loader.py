@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from kindling.embeddings import keys
+from kindling.embeddings.backend import Backend, LoadError
 from kindling.embeddings.formats import FormatError
-from kindling.embeddings.loader import DimensionMismatch, load_table
-from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.settings import EmbeddingSettings
-from kindling.embeddings.store import Backend, LoadError
+from kindling.embeddings.store import EmbeddingStore
+from kindling.embeddings.table_loader import DimensionMismatch, load_table
 from tests.embeddings.helpers import WORDS, make_vectors, write_gensim, write_text
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kindling.embeddings.lookup import EmbeddingStore
 from kindling.embeddings.oov import RANDOM_SCALE, random_vector
 from kindling.embeddings.settings import EmbeddingSettings
+from kindling.embeddings.store import EmbeddingStore
 from kindling.embeddings.tables import TableNotFound
 from kindling.errors import InvalidInput
 from tests.embeddings.helpers import WORDS, load_file, make_vectors, write_gensim
