@@ -33,7 +33,7 @@ from kubernetes import client
 
 from kindling.controller import kube
 from kindling.controller.inputs import ModelRef
-from kindling.controller.targets import Target
+from kindling.controller.targets import Target, margin_k_of
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,8 @@ class KnativeActuator:
         # Revisions that lost their traffic while Kindling held them, by Service: given
         # back on the next set_warm/release of that model.
         self._stale: dict[str, tuple[str, ...]] = {}
+        # Malformed prewarm-margin-k values already logged (targets.margin_k_of).
+        self._warned: set[str] = set()
 
     @property
     def patches_pod_autoscalers(self) -> bool:
@@ -204,9 +206,18 @@ class KnativeActuator:
         held = [Held.of(_annotations(r)) for r in carrying]
         maxima = [_int(_annotations(r).get(MAX_SCALE)) or 0 for r in carrying]
         replicas = [r.get("status", {}).get("actualReplicas") for r in carrying]
-        # The Revision with the most traffic speaks for the model's per-pod target.
+        # The Revision with the most traffic speaks for the model's per-pod target and its
+        # pre-warm margin: the policy makes one decision per model, and that Revision serves
+        # most of what it decides for. On a tie, the first in status.traffic (max keeps the
+        # first). During a rollout the Revisions may disagree (the margin is on the
+        # template, so a change cuts a new one): the new margin applies once the new
+        # Revision carries most of the traffic, as its concurrency target does.
         main = max(carrying, key=lambda r: traffic_percent(service)[r["metadata"]["name"]],
                    default=None)  # fmt: skip
+        margin = None
+        if main is not None:
+            where = f"revisions/{main['metadata']['name']}"
+            margin = margin_k_of(_annotations(main), where, self._warned)
         return Target(
             ref=ModelRef(self.namespace, service["metadata"]["name"], model),
             user_min_scale=sum(h.floor for h in held),
@@ -216,6 +227,7 @@ class KnativeActuator:
             revisions=tuple(r["metadata"]["name"] for r in carrying),
             ready_pods=None if None in replicas or not replicas else sum(replicas),
             url=service.get("status", {}).get("url"),
+            margin_k=margin,
         )
 
     # -- writing --------------------------------------------------------------------------

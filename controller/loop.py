@@ -153,7 +153,8 @@ class Controller:
             cold_start_s=cold,
             reaction_delay_s=s.interval_s + s.input_timeout_s,
             target_concurrency=target.concurrency_target,
-            margin_k=s.margin_k,
+            # The model's own margin (its prewarm-margin-k annotation) over the global one.
+            margin_k=s.margin_k if target.margin_k is None else target.margin_k,
             cooldown_s=s.cooldown_s,
             idle_to_zero_s=None if s.learned_idle else s.idle_to_zero_s,
             stale_after_s=max(policy_default("stale_after_s"), 3 * s.interval_s),

@@ -2,14 +2,21 @@
 its `scale` subresource.
 
 Least privilege shapes this module. The chart's Role grants `deployments/scale` get and
-patch by name and nothing else of Deployments: no list (so the Deployments are named by
-configuration, `RawWorkload`s, not found by a selector), no patch of the Deployment itself
-(so no annotation can be put on it: the scale subresource carries replicas only, and the
-API server drops any metadata sent through it, k8s pkg/registry/apps/deployment/storage
-scaleUpdatedObjectInfo). The user's own replicas are therefore remembered on the one object
-the Role lets the controller write, its leader-election Lease (`LeaseMemory`, annotations
-`kindling.dev/user-replicas` and `kindling.dev/warm-replicas`, JSON by Deployment), so a
-restarted controller can still give them back.
+patch by name, `deployments` get by name, and nothing else of Deployments: no list (so the
+Deployments are named by configuration, `RawWorkload`s, not found by a selector), no patch
+of the Deployment itself (so no annotation can be put on it: the scale subresource carries
+replicas only, and the API server drops any metadata sent through it, k8s
+pkg/registry/apps/deployment/storage scaleUpdatedObjectInfo). The user's own replicas are
+therefore remembered on the one object the Role lets the controller write, its
+leader-election Lease (`LeaseMemory`, annotations `kindling.dev/user-replicas` and
+`kindling.dev/warm-replicas`, JSON by Deployment), so a restarted controller can still give
+them back.
+
+`discover` reads each Deployment itself rather than its scale: the same replicas (the scale
+subresource is a view of spec.replicas and status.replicas) in the same one call, plus the
+Deployment's annotations, where the chart puts the model's own pre-warm margin
+(targets.PREWARM_MARGIN_K); the scale subresource's metadata carries no annotations (k8s
+scaleFromDeployment copies name, namespace, uid, resourceVersion and creation time only).
 
 Every scale write carries the resourceVersion it read (a merge patch with
 metadata.resourceVersion is a precondition): a concurrent change fails it with 409, and the
@@ -36,7 +43,7 @@ from kubernetes import client
 
 from kindling.controller import kube
 from kindling.controller.inputs import ModelRef
-from kindling.controller.targets import Target
+from kindling.controller.targets import Target, margin_k_of
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +129,8 @@ class RawActuator:
         self.workloads = {w.deployment: w for w in workloads}
         self.retry = retry or kube.Retry()
         self.memory = LeaseMemory(api_client, namespace, lease)
+        # Malformed prewarm-margin-k values already logged (targets.margin_k_of).
+        self._warned: set[str] = set()
         for w in workloads:
             if w.hpa:
                 log.warning("%s: an HPA scales it; Kindling leaves it alone", w.deployment)
@@ -133,12 +142,15 @@ class RawActuator:
             if workload.hpa:
                 continue
             try:
-                scale = self.retry.call(lambda n=name: self._scale(n), f"get scale of {name}")
+                deployment = self.retry.call(
+                    lambda n=name: self._deployment(n), f"get Deployment {name}"
+                )
             except kube.NotFound:
                 log.warning("Deployment %s not found; not managed", name)
                 continue
-            current = int(scale.spec.replicas or 0)
+            current = int(deployment.spec.replicas or 0)
             user = _user(current, users.get(name), warms.get(name))
+            annotations = deployment.metadata.annotations or {}
             targets.append(
                 Target(
                     ref=ModelRef(self.namespace, name, workload.model),
@@ -146,10 +158,11 @@ class RawActuator:
                     user_max_scale=None,
                     concurrency_target=workload.concurrency_target,
                     revisions=(),
-                    # The scale status counts the pods that exist (Deployment
-                    # status.replicas); readiness needs a Deployment read the Role withholds.
-                    ready_pods=scale.status.replicas if scale.status else None,
+                    # The pods that exist (status.replicas, what the scale status reports):
+                    # the loop reads 0 as scaled to zero, which this says as well.
+                    ready_pods=deployment.status.replicas if deployment.status else None,
                     url=None,
+                    margin_k=margin_k_of(annotations, f"deployments/{name}", self._warned),
                 )
             )
         return targets
@@ -195,6 +208,15 @@ class RawActuator:
             scale.metadata.name, self.namespace, body, **kube.request_kwargs()
         )
         log.info("Deployment %s replicas: %s", scale.metadata.name, reason)
+
+    def _deployment(self, name: str) -> client.V1Deployment:
+        try:
+            return self.api.read_namespaced_deployment(
+                name, self.namespace, **kube.request_kwargs()
+            )
+        except client.ApiException as exc:
+            error = kube.classify(exc)
+            raise (error or exc) from exc
 
     def _scale(self, name: str) -> client.V1Scale:
         try:

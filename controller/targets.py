@@ -4,14 +4,28 @@ and the interface both actuators (knative.py, raw.py) implement.
 The loop reads `Target`s, the policy turns a forecast into a number of warm pods, and the
 actuator writes that number where the platform takes it: a live Revision's min-scale on
 Knative, a Deployment's scale subresource without it.
+
+A model may carry its own pre-warm margin: the annotation `kindling.dev/prewarm-margin-k`
+(the chart's `prewarm.marginK`) on its Revisions (Knative) or its Deployment (raw mode),
+read by both actuators with `margin_k_of` and used by the loop over KINDLING_MARGIN_K.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from kindling.controller.inputs import ModelRef
+
+log = logging.getLogger(__name__)
+
+# The model's own margin k (forecast errors, policy.WarmPolicy.margin_k); absent: the
+# controller's KINDLING_MARGIN_K. Written by the chart (modelDefaults.prewarm.marginK) so
+# `kindling advise` can size it per model; a user may also annotate a live object.
+PREWARM_MARGIN_K = "kindling.dev/prewarm-margin-k"
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,34 @@ class Target:
     ready_pods: int | None
     # Where a warm-up request goes (the Knative Service's status.url); None if unknown.
     url: str | None
+    # The model's own margin k (PREWARM_MARGIN_K); None: the controller's KINDLING_MARGIN_K.
+    margin_k: float | None = None
+
+
+def margin_k_of(annotations: Mapping[str, str], where: str, warned: set[str]) -> float | None:
+    """The model's own margin from an object's annotations; None when absent or malformed.
+    A malformed value (not a finite number >= 0: policy.WarmPolicy would refuse it and fail
+    the tick) is logged once per object and value, then ignored, so the global margin
+    applies and the loop goes on; `warned` is the caller's memory of what was logged."""
+    raw = annotations.get(PREWARM_MARGIN_K)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value >= 0:
+        return value
+    key = f"{where}={raw}"
+    if key not in warned:
+        warned.add(key)
+        log.warning(
+            "%s: %s %r is not a number >= 0; the controller's KINDLING_MARGIN_K applies",
+            where,
+            PREWARM_MARGIN_K,
+            raw,
+        )
+    return None
 
 
 class Actuator(Protocol):

@@ -332,11 +332,14 @@ def test_in_raw_mode_the_controller_scales_only_its_deployments(
     with cluster.service_account_client(namespace, f"{RELEASE}-controller") as controller:
         scaler = client.AppsV1Api(controller)
         assert scaler.read_namespaced_deployment_scale(deployment, namespace).spec.replicas == 1
+        # Its own Deployments may be read (their annotations), by name only.
+        assert scaler.read_namespaced_deployment(deployment, namespace).spec.replicas == 1
         scaler.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": 3}})
         for call in (
             lambda: scaler.patch_namespaced_deployment_scale("not-kindlings", namespace, {"spec": {"replicas": 1}}),
             lambda: scaler.patch_namespaced_deployment(deployment, namespace, {"spec": {"replicas": 4}}),
             lambda: scaler.list_namespaced_deployment(namespace),
+            lambda: scaler.read_namespaced_deployment("not-kindlings", namespace),
             lambda: client.CustomObjectsApi(controller).list_namespaced_custom_object("serving.knative.dev", "v1", namespace, "revisions"),
         ):  # fmt: skip
             with pytest.raises(ApiException) as refused_call:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from kindling.controller.settings import ControllerSettings
+from kindling.controller.targets import PREWARM_MARGIN_K, margin_k_of
 from kindling.embeddings.cli import _parser as embeddings_parser
 from kindling.embeddings.settings import EmbeddingSettings, parse_store_url
 from kindling.runtime.coldstart import ColdStartTimeline
@@ -342,6 +343,14 @@ def test_the_controller_role_is_least_privilege(render: Any) -> None:
         ],
         "verbs": ["get", "patch"],
     }
+    # ... and the Deployments themselves, read only, by the same names (their annotations
+    # carry the model's own pre-warm margin, which the scale subresource does not).
+    assert rules[1] == {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "resourceNames": rules[0]["resourceNames"],
+        "verbs": ["get"],
+    }
     assert not any("serving.knative.dev" in r["apiGroups"] for r in rules)
     binding = named(render("defaults.yaml"), "RoleBinding", f"{RELEASE}-controller")
     assert binding["subjects"] == [
@@ -508,6 +517,7 @@ def test_runtime_settings_reach_the_runtime_under_its_own_names(render: Any) -> 
         "runtime.settings.maxConnections=50", "runtime.settings.headerTimeoutS=5",
         "runtime.settings.bodyTimeoutS=7.5", "runtime.settings.downloadTimeoutS=600",
         "runtime.settings.gracefulTimeoutS=20", "runtime.settings.inlineMaxMs=0",
+        "runtime.settings.maxBatchSize=8", "runtime.settings.maxQueueDelayMs=1.5",
         "runtime.settings.optimizedCache=false", "runtime.settings.optimizedCacheDelayS=2",
         "runtime.settings.providers={CPUExecutionProvider}",
         "runtime.settings.modelUriSchemes={https,s3}", "runtime.settings.modelUriRoot=/mnt/models",
@@ -530,12 +540,70 @@ def test_runtime_settings_reach_the_runtime_under_its_own_names(render: Any) -> 
         20.0,
         0.0,
     )
+    assert (settings.max_batch_size, settings.max_queue_delay_ms) == (8, 1.5)
     assert (settings.optimized_cache, settings.optimized_cache_delay_s) == (False, 2.0)
     assert settings.providers == ("CPUExecutionProvider",)
     assert settings.uri_schemes == ("https", "s3")
     assert str(settings.model_uri_root) == "/mnt/models"
     assert (str(settings.model_repository), settings.models) == ("/models", ("mobilenet_v2",))
     assert str(settings.cache_dir) == "/var/cache/kindling"
+
+
+def test_sizing_settings_per_model_over_the_global_ones(render: Any) -> None:
+    """What `kindling advise` writes: a model's own maxBatchSize and maxQueueDelayMs win
+    over runtime.settings; unset (null, the default), no variable: config.yaml's values."""
+    sets = (
+        "runtime.settings.maxBatchSize=8", "runtime.settings.maxQueueDelayMs=2",
+        "models[0].name=kim_cnn", "models[0].settings.maxBatchSize=1",
+        "models[0].settings.maxQueueDelayMs=0.5", "models[1].name=minilm",
+        "models[1].settings.maxBatchSize=4",
+    )  # fmt: skip
+    models = runtimes(render("defaults.yaml", sets=sets))
+    read = {
+        name: ServerSettings.from_env(_expanded(env(runtime_container(obj)), ""))
+        for name, obj in models.items()
+    }
+    assert (read["kim_cnn"].max_batch_size, read["kim_cnn"].max_queue_delay_ms) == (1, 0.5)
+    # Key by key: a model's own maxBatchSize leaves it the global maxQueueDelayMs.
+    assert (read["minilm"].max_batch_size, read["minilm"].max_queue_delay_ms) == (4, 2.0)
+    for obj in runtimes(render("defaults.yaml")).values():
+        variables = env(runtime_container(obj))
+        assert "KINDLING_MAX_BATCH_SIZE" not in variables
+        assert "KINDLING_MAX_QUEUE_DELAY_MS" not in variables
+
+
+def test_a_models_prewarm_margin_is_an_annotation_the_controller_reads(render: Any) -> None:
+    """prewarm.marginK: on the Knative Service's template (each Revision carries it) or the
+    raw Deployment itself (not its pods: no roll), as targets.margin_k_of reads it; null
+    (the default) writes none, and the controller's KINDLING_MARGIN_K applies."""
+    sets = (
+        "modelDefaults.prewarm.marginK=4", "models[0].name=kim_cnn",
+        "models[0].prewarm.marginK=0", "models[1].name=minilm",
+        "models[2].name=resnet18", "models[2].prewarm.marginK=1.5",
+    )  # fmt: skip
+
+    def margin(annotations: dict[str, str] | None) -> float | None:
+        return margin_k_of(annotations or {}, "test", set())
+
+    knative = runtimes(render("defaults.yaml", sets=sets))
+    revisions = {n: o["spec"]["template"]["metadata"]["annotations"] for n, o in knative.items()}
+    assert revisions["kim_cnn"][PREWARM_MARGIN_K] == "0"  # 0 is a value, not "unset"
+    assert {n: margin(a) for n, a in revisions.items()} == {
+        "kim_cnn": 0.0,
+        "minilm": 4.0,
+        "resnet18": 1.5,
+    }
+    raw = runtimes(render("raw.yaml", sets=(*sets, "commonAnnotations.team=ml")))
+    for name, expected in (("kim_cnn", 0.0), ("minilm", 4.0), ("resnet18", 1.5)):
+        metadata = raw[name]["metadata"]
+        assert margin(metadata["annotations"]) == expected
+        assert metadata["annotations"]["team"] == "ml"  # merged with the common ones
+        pod = raw[name]["spec"]["template"]["metadata"].get("annotations") or {}
+        assert PREWARM_MARGIN_K not in pod
+    for obj in runtimes(render("defaults.yaml")).values():
+        assert PREWARM_MARGIN_K not in obj["spec"]["template"]["metadata"]["annotations"]
+    for obj in runtimes(render("raw.yaml")).values():
+        assert PREWARM_MARGIN_K not in (obj["metadata"].get("annotations") or {})
 
 
 def test_embedding_settings_reach_the_store_under_its_own_names(render: Any) -> None:

@@ -23,6 +23,10 @@ BAD = VALUES / "bad"
         ("model-name.yaml", "at '/models/0/name': 'Kim CNN' does not match pattern"),
         ("gpu-type.yaml", "at '/models/0/gpu': got string, want boolean"),
         (
+            "sizing-range.yaml",
+            "at '/models/0/prewarm/marginK': minimum: got -0.5, want 0",
+        ),
+        (
             "setting-typo.yaml",
             "at '/runtime/settings': additional properties 'maxBodyByte' not allowed",
         ),
@@ -32,6 +36,47 @@ def test_the_schema_refuses_bad_values_with_their_path(
     helm: Helm, values: str, message: str
 ) -> None:
     proc = helm.run("template", "kindling", str(CHART), "--values", str(BAD / values), check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.integration  # helm runs as a real process
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ("runtime.settings.maxBatchSize=0",),
+            "at '/runtime/settings/maxBatchSize': minimum: got 0, want 1",
+        ),
+        (
+            ("models[0].name=kim_cnn", "models[0].settings.maxBatchSize=-2"),
+            "at '/models/0/settings/maxBatchSize': minimum: got -2, want 1",
+        ),
+        (
+            ("runtime.settings.maxQueueDelayMs=-1",),
+            "at '/runtime/settings/maxQueueDelayMs': minimum: got -1, want 0",
+        ),
+        (
+            # --set leaves a decimal a string: the pattern refuses its sign.
+            ("models[0].name=kim_cnn", "models[0].settings.maxQueueDelayMs=-0.5"),
+            "at '/models/0/settings/maxQueueDelayMs': '-0.5' does not match pattern",
+        ),
+        (
+            ("modelDefaults.prewarm.marginK=-1",),
+            "at '/modelDefaults/prewarm/marginK': minimum: got -1, want 0",
+        ),
+        (
+            ("models[0].name=kim_cnn", "models[0].prewarm.marginK=abc"),
+            "at '/models/0/prewarm/marginK': 'abc' does not match pattern",
+        ),
+    ],
+)
+def test_the_schema_refuses_sizing_values_out_of_range(
+    helm: Helm, sets: tuple[str, ...], message: str
+) -> None:
+    args = [a for s in sets for a in ("--set", s)]
+    proc = helm.run("template", "kindling", str(CHART), *args, check=False)
     assert proc.returncode != 0
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert message in proc.stderr, proc.stderr

@@ -22,6 +22,7 @@ from kindling.controller import kube
 from kindling.controller.knative import MIN_SCALE, USER_MIN_SCALE, WARM_MIN_SCALE, KnativeActuator
 from kindling.controller.leader import LeaderElector
 from kindling.controller.raw import USER_REPLICAS, RawActuator, RawWorkload
+from kindling.controller.targets import PREWARM_MARGIN_K
 from tests.charts.test_cluster import RELEASE, install, ready_pods
 from tests.cluster.fixtures import SAFETY_S, configuration_ready
 from tests.controller.faults import Fault, fault_server
@@ -55,14 +56,14 @@ def _annotations(api: Any, name: str, namespace: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def knative_ns(cluster: ControlPlane) -> Iterator[str]:
     """One install for the Knative tests (an install costs a Ready Revision): squeezenet1_1
-    with the user's floor 1 and ceiling 3, then a second Revision that carries no traffic
-    (traffic pinned to the first, the template changed)."""
+    with the user's floor 1 and ceiling 3 and its own pre-warm margin 4, then a second
+    Revision that carries no traffic (traffic pinned to the first, the template changed)."""
     namespace = f"actuation-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", namespace)
     install(
         cluster, namespace,
         sets=("models[0].name=squeezenet1_1", "models[0].autoscaling.minScale=1",
-              "models[0].autoscaling.maxScale=3"),
+              "models[0].autoscaling.maxScale=3", "models[0].prewarm.marginK=4"),
     )  # fmt: skip
     configuration_ready(cluster, namespace, SERVICE)
     with cluster.api_client() as api:
@@ -200,6 +201,34 @@ def test_min_scale_on_the_revision_with_traffic_within_the_users_bounds_then_giv
         assert len(_prewarm_events(admin, ns)) == events_before + 6
 
 
+def test_the_models_own_margin_is_read_from_the_revision_that_carries_traffic(
+    cluster: ControlPlane, knative_ns: str
+) -> None:
+    """The chart's prewarm.marginK reaches the Revision (through the Service template) and
+    the Target; a value annotated on the live Revision is read on the next discover, and a
+    malformed one leaves the controller's global margin (None), without failing."""
+    ns = knative_ns
+    with cluster.api_client() as admin, cluster.service_account_client(ns, SA) as sa:
+        actuator = KnativeActuator(sa, ns, SELECTOR, retry=_retry())
+        assert _annotations(admin, FIRST, ns)[PREWARM_MARGIN_K] == "4"
+        (target,) = actuator.discover()
+        assert target.margin_k == 4.0
+        custom = client.CustomObjectsApi(admin)
+        try:
+            for value, expected in (("0", 0.0), ("-1", None)):
+                custom.patch_namespaced_custom_object(
+                    *SERVING, ns, "revisions", FIRST,
+                    {"metadata": {"annotations": {PREWARM_MARGIN_K: value}}},
+                )  # fmt: skip
+                (target,) = actuator.discover()
+                assert target.margin_k == expected, value
+        finally:
+            custom.patch_namespaced_custom_object(
+                *SERVING, ns, "revisions", FIRST,
+                {"metadata": {"annotations": {PREWARM_MARGIN_K: "4"}}},
+            )  # fmt: skip
+
+
 def test_a_stale_json_patch_test_is_a_conflict_on_the_real_api_server(
     cluster: ControlPlane, knative_ns: str
 ) -> None:
@@ -316,7 +345,10 @@ def test_two_electors_one_leader_and_the_other_takes_over_when_it_stops(
 def test_raw_mode_scales_through_the_scale_subresource_and_gives_replicas_back(
     cluster: ControlPlane, api: Any, namespace: str
 ) -> None:
-    install(cluster, namespace, "raw-gpu.yaml", sets=("controller.enabled=true",))
+    install(
+        cluster, namespace, "raw-gpu.yaml",
+        sets=("controller.enabled=true", "models[0].prewarm.marginK=0.5"),
+    )  # fmt: skip
     deployment = f"{RELEASE}-squeezenet1-1"
     pods = f"app.kubernetes.io/instance={RELEASE},kindling.dev/model=squeezenet1_1"
     ready_pods(api, namespace, pods, 1)
@@ -330,6 +362,8 @@ def test_raw_mode_scales_through_the_scale_subresource_and_gives_replicas_back(
             1,
             (),
         )
+        # The model's own margin, from the Deployment's annotation (read under the Role).
+        assert target.margin_k == 0.5
         actuator.set_warm(target, 3)
         ready_pods(api, namespace, pods, 3)
         lease = client.CoordinationV1Api(sa).read_namespaced_lease(SA, namespace)

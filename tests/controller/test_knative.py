@@ -19,6 +19,7 @@ from kindling.controller.knative import (
     WARM_MIN_SCALE,
     KnativeActuator,
 )
+from kindling.controller.targets import PREWARM_MARGIN_K
 
 MIN = "/metadata/annotations/autoscaling.knative.dev~1min-scale"
 USER = "/metadata/annotations/kindling.dev~1user-min-scale"
@@ -121,3 +122,32 @@ def test_version_setting() -> None:
         knative.parse_version("latest")
     assert KnativeActuator(_api(), "ns", "x", knative_version="1.20").patches_pod_autoscalers
     assert not KnativeActuator(_api(), "ns", "x").patches_pod_autoscalers
+
+
+def _revision(name: str, margin: str | None) -> dict[str, Any]:
+    annotations = {} if margin is None else {PREWARM_MARGIN_K: margin}
+    revision = _obj(annotations)
+    revision["metadata"]["name"] = name
+    return revision
+
+
+def _margin(traffic: list[tuple[str, int]], margins: dict[str, str | None]) -> float | None:
+    actuator = KnativeActuator(_api(), "ns", "x")
+    service = {
+        "metadata": {"name": "svc"},
+        "status": {"traffic": [{"revisionName": r, "percent": p} for r, p in traffic]},
+    }
+    carrying = [_revision(r, margins[r]) for r, _ in traffic]
+    return actuator._target(service, "m", carrying).margin_k
+
+
+def test_the_revision_with_the_most_traffic_speaks_for_the_models_margin() -> None:
+    assert _margin([("a", 100)], {"a": "4"}) == 4.0
+    assert _margin([("a", 100)], {"a": "0"}) == 0.0  # 0 is a margin, not "unset"
+    assert _margin([("a", 100)], {"a": None}) is None  # the global one applies
+    assert _margin([("a", 100)], {"a": "-1"}) is None  # malformed: logged, the global one
+    # A rollout under way: the Revision with most of the traffic, whatever its age.
+    assert _margin([("old", 30), ("new", 70)], {"old": "0", "new": "4"}) == 4.0
+    assert _margin([("old", 70), ("new", 30)], {"old": "0", "new": "4"}) == 0.0
+    # A tie: the first listed in status.traffic.
+    assert _margin([("old", 50), ("new", 50)], {"old": "0", "new": "4"}) == 0.0

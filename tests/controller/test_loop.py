@@ -216,3 +216,26 @@ def test_a_model_at_zero_with_no_series_is_seen_as_idle_not_as_missing() -> None
     assert outcome.decision.rule != STALE
     assert controller.models[REF].forecaster.last_rate == 0.0
     assert controller.metrics.errors.labels("input")._value.get() == 0
+
+
+def _pods_under(rates: list[float], margin_k: float | None, global_k: float) -> list[int]:
+    """The pods decided for `rates` (one per 10 s tick) with the model's own margin and the
+    controller's global one."""
+    actuator, source = Recorder(targets=[_target(margin_k=margin_k)]), Script()
+    controller, _ = _controller(actuator, source, margin_k=global_k)
+    pods = []
+    for i, rate in enumerate(rates):
+        source.rate = rate
+        pods += [o.decision.pods for o in controller.tick(1000.0 + 10 * i)]
+    return pods
+
+
+def test_a_models_own_margin_wins_over_the_global_one() -> None:
+    # A rate that swings: the forecast errs, so the margin k x error adds pods.
+    rates = [20.0, 60.0] * 10
+    own_zero = _pods_under(rates, margin_k=0.0, global_k=8.0)
+    own_eight = _pods_under(rates, margin_k=8.0, global_k=0.0)
+    # Absent (None), the global one applies: the same decisions as the model's own value.
+    assert own_zero == _pods_under(rates, margin_k=None, global_k=0.0)
+    assert own_eight == _pods_under(rates, margin_k=None, global_k=8.0)
+    assert own_eight[-1] > own_zero[-1]

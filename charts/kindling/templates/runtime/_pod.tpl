@@ -27,6 +27,14 @@ checksum/redis-secret: {{ include "kindling.redis.checksum" .root }}
 {{- end }}
 {{- end -}}
 
+{{/* kindling.model.marginK: the model's prewarm.marginK as the value of the annotation kindling.dev/prewarm-margin-k (controller/targets.py reads it), or nothing when null. */}}
+{{- define "kindling.model.marginK" -}}
+{{- $margin := dig "prewarm" "marginK" nil .model -}}
+{{- if not (kindIs "invalid" $margin) -}}
+{{- include "kindling.number" $margin -}}
+{{- end -}}
+{{- end -}}
+
 {{/* kindling.runtime.container: the runtime container of a model; takes (dict "root" $ "model" . "knative" bool). */}}
 {{- define "kindling.runtime.container" -}}
 {{- $root := .root -}}
