@@ -1,6 +1,6 @@
 """Print, one per line, the pip requirements an image installs, read from pyproject.toml.
 
-    python3 docker/requirements.py runtime|runtime-gpu|controller [PYPROJECT]
+    python3 docker/requirements.py runtime|runtime-gpu|controller[+EXTRA...] [PYPROJECT]
 
 Run inside the image's build stage (stdlib only, Python 3.11+ for tomllib), so each image
 installs exactly what pyproject.toml declares and nothing is listed twice:
@@ -8,7 +8,9 @@ installs exactly what pyproject.toml declares and nothing is listed twice:
 - runtime-gpu: the same with `onnxruntime` swapped for `onnxruntime-gpu[cuda,cudnn]`, whose
   extras bring CUDA and cuDNN as nvidia-* wheels (onnxruntime's "Install ONNX Runtime",
   CUDA section: no CUDA base image needed);
-- controller: the `controller` extra (the `kubernetes` client and `prometheus_client`).
+- controller: the `controller` extra (the `kubernetes` client and `prometheus_client`);
+- `+EXTRA` adds one of the project's extras to any of them: `runtime+grpc` is the runtime
+  image built with `--build-arg GRPC=1`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ def requirement_name(requirement: str) -> str:
 
 def requirements(image: str, pyproject: Path) -> list[str]:
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    image, *extras = image.split("+")
+    added: list[str] = []
+    for extra in extras:
+        if extra not in project["optional-dependencies"]:
+            raise ValueError(f"unknown extra {extra!r}")
+        added += project["optional-dependencies"][extra]
+    return _image_requirements(image, project) + added
+
+
+def _image_requirements(image: str, project: dict) -> list[str]:
     runtime: list[str] = list(project["dependencies"])
     if image == "runtime":
         return runtime

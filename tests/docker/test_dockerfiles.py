@@ -125,7 +125,8 @@ def test_build_stage_trims_then_compiles_then_checks(name: str) -> None:
     check = build.index("slim_venv.py check")
     assert trim < compile_ < check
     image = name.removeprefix("Dockerfile.")
-    assert f"docker/requirements.py {image} > requirements.txt" in build
+    # The runtime's list may take an extra from a build arg (GRPC=1: "runtime+grpc").
+    assert re.search(rf'docker/requirements.py "?{image}(\$\{{\w+:\+\+\w+\}})?"? >', build)
     assert "PIP_NO_CACHE_DIR=1" in build and "ARG PIP_CERT" in build
 
 
@@ -137,6 +138,17 @@ def test_runtime_requirements_are_pyprojects_dependencies_and_no_more() -> None:
     for absent in ("torch", "onnx", "fastapi", "uvicorn", "pydantic", "onnxruntime-gpu"):
         assert absent not in names
     assert "onnxruntime" in names
+
+
+def test_an_extra_adds_its_requirements_to_an_image() -> None:
+    """`--build-arg GRPC=1` builds from `runtime+grpc`: the runtime's list plus the extra's."""
+    runtime = reqs.requirements("runtime", PYPROJECT)
+    with_grpc = reqs.requirements("runtime+grpc", PYPROJECT)
+    extra = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["grpc"]
+    assert with_grpc == runtime + extra
+    assert {reqs.requirement_name(r) for r in extra} >= {"grpcio", "protobuf"}
+    with pytest.raises(ValueError, match="unknown extra"):
+        reqs.requirements("runtime+nope", PYPROJECT)
 
 
 def test_gpu_requirements_swap_onnxruntime_for_its_cuda_build() -> None:
