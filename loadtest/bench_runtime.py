@@ -16,7 +16,6 @@ what is measured is the server, not tritonclient's own encoding.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import socket
@@ -34,6 +33,7 @@ import numpy as np
 from kindling.loadtest.benchclient import (
     BlockingConnection,
     closed_loop,
+    first_answer_s,
     free_port,
     interleaved,
     percentile,
@@ -236,20 +236,8 @@ def served_cold_start(
     start = time.perf_counter()
     process = start_server(repository, port, env, model)
     try:
-        while time.perf_counter() - start < COLD_START_SAFETY_S:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                conn.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                if response.status == 200:
-                    return time.perf_counter() - start
-            except OSError:
-                pass
-            if process.poll() is not None:
-                raise RuntimeError(f"kindling serve exited during the cold start of {model}")
-            time.sleep(0.002)  # polling the port: the start is what is timed, not this
-        raise TimeoutError(f"{model} did not answer within {COLD_START_SAFETY_S:.0f}s")
+        path = f"/v2/models/{model}/infer"
+        return first_answer_s(process, port, path, body, headers, start, COLD_START_SAFETY_S)
     finally:
         process.terminate()
         process.wait()

@@ -82,6 +82,37 @@ def wait_ready(
     raise TimeoutError(f"runtime not answering 200 on {path} after {timeout} s:\n{log()}")
 
 
+def first_answer_s(
+    process: subprocess.Popen[bytes],
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    started: float,
+    safety_s: float,
+    log: Callable[[], str] = lambda: "",
+) -> float:
+    """Seconds from `started` (perf_counter) to the first 200 answer to POST `path`: a cold
+    start, spawn to answer, with the port polled every 2 ms. A process that exits first
+    fails with its `log()`; `safety_s` is a safety net, not a bound on what is measured."""
+    while time.perf_counter() - started < safety_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"kindling serve exited with {process.returncode}:\n{log()}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status == 200:
+                return time.perf_counter() - started
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.002)  # polling the port: the start is what is timed, not this
+    raise TimeoutError(f"no answer on {path} {safety_s:.0f} s after spawning:\n{log()}")
+
+
 ECHO_BODY = b"x" * 4000  # about one image model's binary logits response
 
 
