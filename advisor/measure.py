@@ -69,9 +69,8 @@ DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16)
 # The cold-start keys the runtime's model metadata carries (runtime/model.py `metadata`:
 # cold_start_{phase}_s, seconds since exec): the model ready, else the process ready.
 COLD_START_KEYS = ("cold_start_model_ready_s", "cold_start_ready_s")
-# Triton's /config has no threads field; a runtime that exposes its KINDLING_THREADS
-# would put it among its Kindling parameters under this name.
-THREADS_PARAMETER = "kindling_threads"
+# The intra-op threads in /config, under the key Triton's onnxruntime backend reads.
+THREADS_PARAMETER = "intra_op_thread_count"
 # How long a started runtime may take to load (a large model on one thread); a safety net.
 START_TIMEOUT_S = 300.0
 

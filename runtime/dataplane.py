@@ -159,12 +159,13 @@ class ModelStatistics:
         }
 
 
-def triton_config(config: ModelConfig) -> dict[str, Any]:
+def triton_config(config: ModelConfig, threads: int | None = None) -> dict[str, Any]:
     """`config` as Triton's ModelConfig (model_config.proto, protobuf JSON): what
     perf_analyzer, Model Analyzer and tritonclient read. With max_batch_size > 0, `dims`
     leave out the batch dimension; a tensor that is only the batch dimension is Triton's
     `dims: [1]` reshaped to `[]`. Kindling's own fields go in `parameters` (a map of
-    string_value), the one place the proto leaves open."""
+    string_value), the one place the proto leaves open; the intra-op threads under the key
+    Triton's onnxruntime backend reads (`intra_op_thread_count`), once the model is loaded."""
     batching = config.max_batch_size > 0 and config.batch_dynamic
 
     def tensor(spec: TensorSpec) -> dict[str, Any]:
@@ -182,6 +183,8 @@ def triton_config(config: ModelConfig) -> dict[str, Any]:
         "kindling_max_queue_delay_ms": f"{config.max_queue_delay_ms:g}",
         "kindling_model_file": config.model_file,
     }
+    if threads is not None:
+        parameters["intra_op_thread_count"] = str(threads)
     if config.description:
         parameters["kindling_description"] = config.description
     for key, value in config.resources.items():
@@ -303,7 +306,8 @@ class DataPlane:
 
     def triton_config(self, name: str, version: str | None) -> dict[str, Any]:
         """The model's configuration as Triton's ModelConfig (protobuf JSON)."""
-        return triton_config(self.model(name, version).config)
+        model = self.model(name, version)
+        return triton_config(model.config, model.threads)
 
     def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
         """Triton's ModelStatisticsResponse: every model's, or the one named."""

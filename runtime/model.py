@@ -99,6 +99,8 @@ class Model:
         self._output_names = [t.name for t in config.outputs]
         self.max_rows = config.max_batch_size if config.batch_dynamic else 0
         """Rows one ORT run may take: the batcher never merges past this."""
+        self.threads: int | None = None
+        """onnxruntime's intra-op threads, once loaded."""
         self.warmup_s: float | None = None
         """How long the one-row warm-up run took: a first, high estimate of a request's."""
 
@@ -153,6 +155,7 @@ class Model:
     ) -> None:
         path, threads = self._path, options.threads
         assert path is not None, "fetch() runs before load()"
+        self.threads = threads
         cache_dir = options.cache_root
         from kindling.runtime.preprocess import make_preprocessor
         from kindling.runtime.session import choose_providers, create_session, optimized_path

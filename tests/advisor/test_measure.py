@@ -90,7 +90,7 @@ def test_the_setting_is_read_from_a_triton_config():
     config = {"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 3500}}
     assert served_setting(config) == RuntimeSetting(None, 8, 3.5)
     assert served_setting({"max_batch_size": 0}) == RuntimeSetting(None, 1, 0.0)
-    exposed = {**config, "parameters": {"kindling_threads": {"string_value": "2"}}}
+    exposed = {**config, "parameters": {"intra_op_thread_count": {"string_value": "2"}}}
     assert served_setting(exposed).threads == 2
     with pytest.raises(MeasurementError):
         served_setting({"max_batch_size": "many"})
@@ -201,7 +201,11 @@ def test_measure_started_a_text_model(model_repository):
 
 @pytest.mark.integration
 def test_measure_url_reads_the_setting_from_config(model_repository, start_runtime):
-    env = {"KINDLING_MAX_BATCH_SIZE": "4", "KINDLING_MAX_QUEUE_DELAY_MS": "3"}
+    env = {
+        "KINDLING_MAX_BATCH_SIZE": "4",
+        "KINDLING_MAX_QUEUE_DELAY_MS": "3",
+        "KINDLING_THREADS": "1",
+    }
     runtime = start_runtime(model_repository, models=("kim_cnn",), env=env)
     url = f"http://{runtime.url}"
     plan = MeasurePlan(concurrency=(1, 2), requests=20, cold_starts=1)
@@ -209,7 +213,8 @@ def test_measure_url_reads_the_setting_from_config(model_repository, start_runti
     measured = measure_url(url, "kim_cnn", plan, lambda line: None)
 
     (result,) = measured.settings
-    assert result.setting == RuntimeSetting(None, 4, 3.0) == url_setting(url, "kim_cnn")
+    # The threads from /config's intra_op_thread_count, as Triton's onnxruntime backend.
+    assert result.setting == RuntimeSetting(1, 4, 3.0) == url_setting(url, "kim_cnn")
     assert result.peak_rss_mib is None
     assert [p.concurrency for p in result.points] == [1, 2]
     assert len(measured.cold_start_s) == 1 and measured.cold_start_s[0] > 0

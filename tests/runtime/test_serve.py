@@ -176,6 +176,8 @@ def test_every_sample_models_config_parses_as_tritons_model_config(client):
         config = json_format.ParseDict(doc, model_config_pb2.ModelConfig())
         assert config.name == model and config.platform == "onnxruntime_onnx"
         assert all(t.data_type != model_config_pb2.TYPE_INVALID for t in config.input)
+        # The threads, where Triton's onnxruntime backend keeps them (>= 1: the CPU quota).
+        assert int(config.parameters["intra_op_thread_count"].string_value) >= 1
 
 
 def test_triton_repository_and_statistics_extensions(model_repository, start_runtime):
