@@ -47,6 +47,13 @@ class SimOptions:
     hybrid_tail: float = 0.99
     hybrid_margin: float = 0.10
     kpa_utilization: float = 0.7
+    # The revision's own autoscaling annotations, as the chart writes them (kindling
+    # advise searches them): autoscaling.knative.dev/target (None: unset, the KPA aims at
+    # containerConcurrency x utilization), min-scale (the user's floor, which the
+    # controller also keeps: WarmPolicy.min_scale) and max-scale (0: no limit).
+    kpa_target: float | None = None
+    min_scale: int = 0
+    max_scale: int = 0
     # Arrivals before this are not counted, nor pod-seconds before it: every policy starts
     # from the same arbitrary state (one warm pod, no history), and the transient is
     # deleted as a steady-state simulation does (Law & Kelton, "Simulation Modeling and
@@ -92,6 +99,9 @@ def make_policy(name: str, profile: Profile, workload: Workload, opts: SimOption
     kpa_config = KpaConfig(
         container_concurrency=opts.container_concurrency,
         target_utilization=opts.kpa_utilization,
+        target_annotation=opts.kpa_target,
+        min_scale=opts.min_scale,
+        max_scale=opts.max_scale,
     )
     if name == "knative-kpa":
         return KnativeKpa(kpa_config)
@@ -104,6 +114,8 @@ def make_policy(name: str, profile: Profile, workload: Workload, opts: SimOption
             cold_start_s=profile.median_cold_start_s + opts.pod_overhead_s,
             target_concurrency=kpa_config.target,
             margin_k=opts.margin_k,
+            min_scale=opts.min_scale,
+            max_scale=opts.max_scale or None,
         )
         return Kindling(
             policy=policy,

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "loadtest": ("kindling.loadtest.cli", "run the papers' workloads with Locust"),
     "cluster": ("kindling.cluster.cli", "build and run a test Kubernetes control plane"),
     "controller": ("kindling.controller.cli", "pre-warm pods from the forecast request rate"),
+    "advise": ("kindling.advisor.cli", "size a model: chart values that meet an SLO at least cost"),
 }
 
 

@@ -183,7 +183,7 @@ def test_other_workloads_and_malformed_runs_are_refused(tmp_path):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_real_concurrency_run_is_read(model_repository, start_runtime, tmp_path):
-    runtime = start_runtime(model_repository, models=("kim_cnn",))
+    runtime = start_runtime(model_repository, models=("kim_cnn",), env={"KINDLING_THREADS": "1"})
     url = f"http://{runtime.url}"
     out = tmp_path / "run"
     result = run_loadtest(
@@ -209,7 +209,7 @@ def test_a_real_concurrency_run_is_read(model_repository, start_runtime, tmp_pat
     measured = read_results(out, setting=url_setting(url, "kim_cnn"))
 
     (setting_result,) = measured.settings
-    assert setting_result.setting == RuntimeSetting(None, 32, 2.0)
+    assert setting_result.setting == RuntimeSetting(1, 32, 2.0)
     assert [p.concurrency for p in setting_result.points] == [1, 2]
     assert all(p.latencies_ms and p.throughput_rps > 0 for p in setting_result.points)
     # The runtime's first inference was the run's first request: flagged cold.

@@ -135,6 +135,27 @@ def test_every_policy_runs_on_the_same_arrivals() -> None:
     assert again.to_json() == results[-1].to_json()
 
 
+@pytest.mark.parametrize("name", ["knative-kpa", "kindling"])
+def test_the_revisions_own_min_scale_max_scale_and_target(name: str) -> None:
+    """What the chart writes per model (kindling advise searches them): min-scale keeps that
+    many pods through idle spells, max-scale caps a burst, a lower target asks more pods."""
+    profile = profiles.load()
+    # A burst, then silence far past the KPA's scale-to-zero (60 s window + 30 s grace).
+    w = workloads.Workload("burst", np.linspace(70.0, 80.0, 2000), 400.0, "one burst")
+    plain = run_policy(name, w, profile, seed=0)
+    # The KPA goes to zero; Kindling keeps one pod until its idle period (600 s) has run.
+    assert plain.timeline is not None and plain.timeline.pods[-1] <= 1
+    floor = run_policy(name, w, profile, seed=0, opts=SimOptions(min_scale=2))
+    assert floor.timeline is not None and min(floor.timeline.pods[5:]) >= 2
+    capped = run_policy(name, w, profile, seed=0, opts=SimOptions(max_scale=1))
+    assert capped.timeline is not None and max(capped.timeline.pods[5:]) == 1
+    assert capped.p99_ms > plain.p99_ms
+    cc = SimOptions(container_concurrency=4)
+    low = SimOptions(container_concurrency=4, kpa_target=1.0)
+    peak = [max(run_policy(name, w, profile, 0, o).timeline.pods) for o in (cc, low)]  # type: ignore[union-attr]
+    assert peak[1] > peak[0]
+
+
 def test_cli_json_plot_and_pareto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--workload", "mmpp-40", "--duration", "150", "--policy", "all", "--json"]
     assert simcli.main([*argv, "--plot", str(tmp_path / "plots")]) == 0
