@@ -9,7 +9,9 @@ import os
 import re
 import signal
 import socket
+import socketserver
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -103,6 +105,21 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The command, not build_all: it also loads the text models' demo word vectors.
     assert models_cli(["build", "--out", str(out)]) == 0
     return out
+
+
+@contextlib.contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[str]:
+    """Serve `server` (bound on loopback) from a thread; yields its base URL, and shuts it
+    down, closes it and joins the thread on exit."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,6 +23,7 @@ from kindling.advisor.measure import (
 from kindling.advisor.measurements import MeasurementError, RuntimeSetting
 from kindling.advisor.results import read_results
 from kindling.advisor.runtime_client import Target, infer_request
+from tests.conftest import serving
 
 # A small plan: one thread, two callers at most, few requests (the tests check what is
 # recorded, never how fast).
@@ -250,13 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def plain_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _Handler)) as url:
+        yield url
 
 
 @pytest.mark.integration

@@ -22,6 +22,7 @@ import pytest
 
 from kindling.loadtest.records import read_csv
 from kindling.loadtest.shapes import ConstantShape
+from tests.conftest import serving
 from tests.loadtest.conftest import loadtest_command
 
 SAFETY_S = 60.0  # only a hang waits this long
@@ -84,12 +85,11 @@ class HeldHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def held_server() -> Iterator[HeldServer]:
     server = HeldServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
+    with serving(server):
+        try:
+            yield server
+        finally:
+            server.release.set()
 
 
 def run_constant(server: HeldServer, out: Path, *extra: str) -> subprocess.Popen[str]:

@@ -26,7 +26,7 @@ from kindling.embeddings.settings import EmbeddingSettings
 from kindling.embeddings.store import EmbeddingStore
 from kindling.loadtest.bench_runtime import binary_request
 from kindling.runtime.text import clean_str_sst
-from tests.conftest import SAMPLE_MODELS, RuntimeProcess, launch_runtime
+from tests.conftest import SAMPLE_MODELS, RuntimeProcess, launch_runtime, serving
 
 pytestmark = pytest.mark.integration
 
@@ -626,13 +626,11 @@ class _ModelHost(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def model_host() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ModelHost)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    _ModelHost.release.set()
-    server.shutdown()
-    server.server_close()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _ModelHost)) as url:
+        try:
+            yield url
+        finally:
+            _ModelHost.release.set()
     _ModelHost.release.clear()
 
 
