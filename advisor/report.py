@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from kindling.advisor.measurements import LoadPoint
 from kindling.advisor.pick import Advice, best_measured
 from kindling.advisor.search import (
     CPU_HOUR,
@@ -208,7 +209,10 @@ def _measurement(search: Search) -> list[str]:
     out = ["## The measurement", ""]
     if m.machine:
         out += [", ".join(f"{k}: {v}" for k, v in m.machine.items()), ""]
-    out += ["| setting | peak RSS | memory | concurrency: p50 / p99 ms |", "|---|---|---|---|"]
+    out += [
+        "| setting | peak RSS | memory | concurrency: p50 / p99 ms | p99 over the SLO from |",
+        "|---|---|---|---|---|",
+    ]
     for result in m.settings:
         resources = resources_for(m.model, result, search.space)
         peak = "-" if result.peak_rss_mib is None else f"{result.peak_rss_mib:.0f} MiB"
@@ -217,22 +221,35 @@ def _measurement(search: Search) -> list[str]:
             f"{np.percentile(p.latencies_ms, 99):.1f}"
             for p in result.points
         )
+        crossing = slo_crossing(result.points, search.space.slo_p99_ms)
         out.append(
-            f"| `{result.setting.label()}` | {peak} | {resources.memory_mib} Mi | {points} |"
+            f"| `{result.setting.label()}` | {peak} | {resources.memory_mib} Mi | {points} "
+            f"| {crossing} |"
         )
     return [*out, ""]
+
+
+def slo_crossing(points: tuple[LoadPoint, ...], slo_ms: float) -> str:
+    """The lowest measured concurrency whose p99 is over the SLO: the most one pod of this
+    setting can take in flight and still meet it is below that."""
+    for p in sorted(points, key=lambda p: p.concurrency):
+        if np.percentile(p.latencies_ms, 99) > slo_ms:
+            return f"C={p.concurrency}"
+    return f"not crossed up to C={max(p.concurrency for p in points)}"
 
 
 def _how_to_read(search: Search) -> list[str]:
     return [
         "## How to read it",
         "",
-        "A candidate is named `t<threads>-b<max_batch_size>-d<queue delay ms>-cc<container"
-        "Concurrency>-T<target>-m<min-scale>[-k<margin>]`. Each was played by the simulator "
-        "(controller/simulate.py) on the workload, its requests drawing service times from the "
-        "latencies measured at its containerConcurrency and its pods the measured cold starts; "
-        "the cost is its pod-seconds times its node share. The pick is the cheapest that met "
-        "the bounds; a tie goes to the lower p99, then to fewer kept pods. Knative aims at "
+        "A candidate is named `t<threads>-b<max_batch_size>-d<queue delay ms>[@<CPU>cpu]-cc"
+        "<containerConcurrency>-T<target>-m<min-scale>[-k<margin>]` (`@0.25cpu`: a CFS "
+        "quota below one core per thread, its measured latencies stretched to match). Each "
+        "was played by the simulator (controller/simulate.py) on the workload, its requests "
+        "drawing service times from the latencies measured at its containerConcurrency and "
+        "its pods the measured cold starts; the cost is its pod-seconds times its requests' "
+        "price. The pick is the cheapest that met the bounds; a tie goes to the lower p99, "
+        "then to fewer kept pods. Knative aims at "
         f"{KNATIVE_UTILIZATION:.0%} of min(target, containerConcurrency) in flight per pod.",
         "",
     ]

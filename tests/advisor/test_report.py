@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kindling.advisor.measurements import LoadPoint
 from kindling.advisor.pick import NoCandidateMeetsSlo, pick
-from kindling.advisor.report import PLOT, REPORT, report_markdown, write_report
+from kindling.advisor.report import PLOT, REPORT, report_markdown, slo_crossing, write_report
 from kindling.advisor.search import Space, search
 from kindling.controller import workloads
 from tests.advisor.test_search import measurement
@@ -54,3 +55,9 @@ def test_with_no_pick_the_report_shows_the_closest(tmp_path: Path) -> None:
     assert "The lowest p99 measured anywhere is" in text and "The closest simulated:" in text
     report, plot = write_report(result, tmp_path, None, COMMAND)
     assert report.read_text() == text and plot.read_bytes().startswith(PNG)
+
+
+def test_the_measurement_says_where_p99_crosses_the_slo() -> None:
+    points = tuple(LoadPoint(c, (c * 5.0,) * 100, 1.0) for c in (1, 2, 4, 8))
+    assert slo_crossing(points, 12.0) == "C=4"  # p99 20 ms at 4 in flight, 10 ms at 2
+    assert slo_crossing(points, 100.0) == "not crossed up to C=8"
