@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kindling.advisor.measurements import MeasurementError, RuntimeSetting
+from kindling.advisor.measurements import Measurement, MeasurementError, RuntimeSetting
 
 EXIT_OK = 0
 EXIT_NO_ADVICE = 1
@@ -94,7 +94,7 @@ def progress(line: str) -> None:
     print(f"kindling advise: {line}", file=sys.stderr, flush=True)
 
 
-def measurement_for(args: argparse.Namespace):  # noqa: ANN201 - Measurement, imported lazily
+def measurement_for(args: argparse.Namespace) -> Measurement:
     from kindling.advisor import measure, results
 
     if args.results is not None:

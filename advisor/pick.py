@@ -63,8 +63,9 @@ def pick(search: Search, runners_up: int = RUNNERS_UP) -> Advice:
     meeting = search.meeting()  # cheapest first (Search.outcomes is ranked)
     failed = tuple(Ranked(o, why) for o in search.outcomes if (why := o.misses(space)) is not None)
     if not meeting:
-        closest = min(search.outcomes, key=lambda o: (o.rank()[1], o.cold_ratio, o.rank()),
-                      default=None)  # fmt: skip
+        closest = min(
+            search.outcomes, key=lambda o: (o.rank()[1], o.cold_ratio, o.rank()), default=None
+        )
         raise NoCandidateMeetsSlo(search, closest)
     best = meeting[0]
     others = tuple(Ranked(o, lost_because(o, best)) for o in meeting[1 : 1 + runners_up])

@@ -50,8 +50,10 @@ def cost_p99_png(search: Search, path: Path, advice: Advice | None = None) -> Pa
     fig, ax = plt.subplots(figsize=(8, 5.5))
     meets = [o for o in search.outcomes if o.misses(space) is None]
     fails = [o for o in search.outcomes if o.misses(space) is not None]
-    for group, color, name in ((meets, "tab:green", "meets the bounds"),
-                               (fails, "tab:red", "misses a bound")):  # fmt: skip
+    for group, color, name in (
+        (meets, "tab:green", "meets the bounds"),
+        (fails, "tab:red", "misses a bound"),
+    ):
         shown = [o for o in group if math.isfinite(o.sim.p99_ms)]
         if shown:
             ax.scatter(
@@ -65,12 +67,25 @@ def cost_p99_png(search: Search, path: Path, advice: Advice | None = None) -> Pa
     ax.axvline(space.slo_p99_ms, color="black", ls="--", lw=1, label=f"SLO {space.slo_p99_ms:g} ms")
     if advice is not None:
         p = advice.pick
-        ax.scatter([p.sim.p99_ms], [p.cost_usd], s=220, marker="*", color="gold",
-                   edgecolor="black", zorder=5, label=f"pick {p.candidate.label()}")  # fmt: skip
+        ax.scatter(
+            [p.sim.p99_ms],
+            [p.cost_usd],
+            s=220,
+            marker="*",
+            color="gold",
+            edgecolor="black",
+            zorder=5,
+            label=f"pick {p.candidate.label()}",
+        )
         for r in advice.runners_up:
             o = r.outcome
-            ax.annotate(o.candidate.label(), (o.sim.p99_ms, o.cost_usd), fontsize=6,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                o.candidate.label(),
+                (o.sim.p99_ms, o.cost_usd),
+                fontsize=6,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
     if search.outcomes and max(o.sim.p99_ms for o in search.outcomes) > 20 * space.slo_p99_ms:
         ax.set_xscale("log")
     ax.set_xlabel("simulated p99 latency (ms)")

@@ -26,8 +26,15 @@ from kindling.advisor.search import KNATIVE_UTILIZATION, chart_entry
 
 # The keys the advice sets on the model's entry; any other key of the chart's default
 # entry is carried over.
-ADVISED = ("name", "threads", "containerConcurrency", "autoscaling", "resources", "settings",
-           "prewarm")  # fmt: skip
+ADVISED = (
+    "name",
+    "threads",
+    "containerConcurrency",
+    "autoscaling",
+    "resources",
+    "settings",
+    "prewarm",
+)
 
 
 def _scalar(value: Any) -> str:
