@@ -111,6 +111,10 @@ def run_app(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if early:
+            name = signal.Signals(early[0]).name
+            print(f"kindling serve: {name} during start-up: exiting", file=sys.stderr, flush=True)
+            return 0
         server = HttpServer(app, loop, max_body, keep_alive_s, limits or Limits())
         app.startup()
         try:
@@ -140,6 +144,12 @@ def run_app(
             await app.shutdown()
         return 0
 
+    # From here until the loop's own handlers are in (above), a signal only leaves a note:
+    # the start-up handler's SystemExit (serve.py) raised inside uvloop's own set-up would
+    # leave the loop running and the process exiting 1 instead of 0.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(serve_until_stopped())
 
