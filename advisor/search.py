@@ -20,11 +20,11 @@ Pruned before simulating, each counted in `Search.pruned` by reason:
 - branch and bound: candidates are simulated cheapest lower bound first (pod-seconds >=
   the counted requests' service time / cc, and >= min-scale pods over the whole window),
   and the rest are dropped once the bound reaches the cost of the `keep`-th cheapest
-  candidate that met the SLO. What is dropped cannot be among the `keep` cheapest;
-- a candidate with more min-scale or margin than one of the same pod (setting, cc,
-  target) that already met the bounds: keeping more pods warm is assumed to cost no less
-  (the simulator's pod-seconds grow with both). This is what keeps a search on the
-  diurnal workload, seconds per run, to a few dozen runs.
+  candidate that met the SLO. What is dropped cannot be among the `keep` cheapest.
+
+Nothing else is assumed: more min-scale or margin can cost less (warm pods spare the KPA
+a panic that over-provisions), so every variant under the bound is simulated, and the
+search is exact: a tighter SLO never gets a cheaper pick than a looser one.
 """
 
 from __future__ import annotations
@@ -228,7 +228,6 @@ OVER_SLO = "measured p99 at cc already over the SLO"
 DOMINATED = "setting no faster than a cheaper one at the same cc"
 DRAWN_OVER_SLO = "service times drawn for the workload already over the SLO at p99"
 BOUND = "cannot be among the cheapest (branch and bound)"
-GENEROUS = "more min-scale or margin than one of the same pod that meets the SLO"
 
 
 @dataclass(frozen=True)
@@ -542,31 +541,19 @@ def search(
             continue
         cost = lower_bound_pod_s(c, workload, space, work_s) * c.resources.price_per_s
         bounds.append((cost, c.label(), c))
-    # Cheapest bound first; within a pod, the fewest kept pods first (for GENEROUS).
+    # Cheapest bound first; ties in a fixed order, so the search is deterministic.
     bounds.sort(key=lambda b: (b[0], b[2].min_scale, b[2].margin_k or 0.0, b[1]))
     outcomes: list[Outcome] = []
     best: list[float] = []  # costs of the SLO-meeting outcomes, ascending
-    met: dict[tuple[RuntimeSetting, float, int, float], list[tuple[int, float]]] = {}
-    pruned[BOUND] = pruned[GENEROUS] = 0
+    pruned[BOUND] = 0
     for i, (bound, _, candidate) in enumerate(bounds):
         if len(best) >= space.keep and bound >= best[space.keep - 1]:
             pruned[BOUND] = len(bounds) - i
             break
-        pod = (
-            candidate.setting,
-            candidate.resources.cpu,
-            candidate.container_concurrency,
-            candidate.target,
-        )
-        k = candidate.margin_k or 0.0
-        if any(m <= candidate.min_scale and j <= k for m, j in met.get(pod, [])):
-            pruned[GENEROUS] += 1
-            continue
         outcome = simulate(candidate, measurement, workload, space)
         outcomes.append(outcome)
         if outcome.misses(space) is None:
             best = sorted([*best, outcome.cost_usd])
-            met.setdefault(pod, []).append((candidate.min_scale, k))
         if progress is not None:
             progress(len(outcomes), len(bounds) - i - 1 + len(outcomes), outcome)
     return Search(
