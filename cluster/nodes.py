@@ -1,4 +1,13 @@
-"""The fake nodes kwok keeps alive: a CPU pool of two and a GPU pool of one.
+"""The cluster's nodes: one real node (kubelet and containerd, node.py) where pods run, and
+the fake nodes kwok keeps alive for scheduling tests: a CPU pool of two and a GPU pool of
+one.
+
+The fake nodes are tainted `kwok.x-k8s.io/node=fake:NoSchedule` (kwok's own convention), so
+nothing lands on them by accident: a pod there looks Running and runs nothing. A namespace
+made for them (`KWOK_NAMESPACE_ANNOTATIONS`) gives its pods the toleration and a node
+selector for them through the API server's PodTolerationRestriction and PodNodeSelector
+admission plugins, so tests of scheduling and of Knative's objects need no per-pod change;
+every other pod goes to the real node.
 
 The GPU node is labelled and tainted the way managed GPU pools are, so that a chart's
 nodeSelector and tolerations are tested against what a user's cluster has: GKE taints
@@ -10,7 +19,15 @@ really counts GPUs (kwok fakes the kubelet, not the scheduler).
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+REAL_NODE = "kindling-node"
+# The real node's pods: the top half of the cluster's pod CIDR (10.244.0.0/16, the kwok
+# nodes' fake pods take addresses from the bottom half), one /24 as a node's podCIDR is.
+REAL_NODE_POD_CIDR = "10.244.128.0/24"
+REAL_NODE_IP = "10.244.128.1"  # its bridge's address: InternalIP and the pods' gateway
+REAL_NODE_LABELS = {"kindling.dev/pool": "cpu", "type": "real"}
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"  # kwok manages the nodes that carry it
 KWOK_ANNOTATION_VALUE = "fake"
@@ -19,6 +36,14 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_LABELS = {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-L4"}
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 POOL_LABEL = "kindling.dev/pool"
+
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+KWOK_NAMESPACE_ANNOTATIONS = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+        [{"key": KWOK_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]
+    ),
+}
 
 CPU_NODES = ("kwok-cpu-0", "kwok-cpu-1")
 GPU_NODES = ("kwok-gpu-0",)
@@ -50,7 +75,7 @@ def manifest(name: str, gpu: bool) -> dict[str, Any]:
                 "node.alpha.kubernetes.io/ttl": "0",
             },
         },
-        "spec": {"taints": [GPU_TAINT]} if gpu else {},
+        "spec": {"taints": [KWOK_TAINT, GPU_TAINT] if gpu else [KWOK_TAINT]},
         "status": {
             "capacity": capacity,
             "allocatable": capacity,

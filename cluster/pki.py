@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kindling.cluster import nodes
+
 # The API server's names, as a pod or a person reaches it (kubeadm's list); the service
 # IP is the first of --service-cluster-ip-range.
 SERVER_NAMES = (
@@ -29,7 +31,9 @@ SERVER_NAMES = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
-SERVER_IPS = ("127.0.0.1", "10.96.0.1")
+# The real node's bridge address too: with a real node the API server listens there, where
+# pods reach it through the `kubernetes` Service (hostnet.NODE_IP).
+SERVER_IPS = ("127.0.0.1", "10.96.0.1", nodes.REAL_NODE_IP)
 VALIDITY = datetime.timedelta(days=7)  # a test cluster outlives no test run
 
 # component -> (CN, O): who RBAC sees.
@@ -40,6 +44,15 @@ CLIENTS: dict[str, tuple[str, str | None]] = {
     # kwok writes every fake node's and pod's status and the node leases, as kwokctl's
     # own set-up does with its admin certificate.
     "kwok": ("kwok-controller", "system:masters"),
+    # The real node: the Node authorizer and NodeRestriction know a kubelet by this name
+    # and group (kubeadm's kubelet.conf); kube-proxy by the user the bootstrap
+    # ClusterRoleBinding system:node-proxier binds; CoreDNS by a name its own
+    # ClusterRole is bound to (node.py); the API server's client for kubelets as
+    # kubeadm's apiserver-kubelet-client.
+    "kubelet": (f"system:node:{nodes.REAL_NODE}", "system:nodes"),
+    "kube-proxy": ("system:kube-proxy", None),
+    "coredns": ("system:coredns", None),
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
 }
 
 
@@ -58,6 +71,14 @@ class Pki:
     @property
     def server_key(self) -> Path:
         return self.dir / "apiserver.key"
+
+    @property
+    def kubelet_serving_cert(self) -> Path:
+        return self.dir / "kubelet-serving.crt"
+
+    @property
+    def kubelet_serving_key(self) -> Path:
+        return self.dir / "kubelet-serving.key"
 
     @property
     def sa_key(self) -> Path:
@@ -103,6 +124,14 @@ def create(directory: Path) -> Pki:
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in SERVER_NAMES]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVER_IPS]
     _leaf(pki.server_cert, pki.server_key, ca, ca_key, "kube-apiserver", None, sans)
+    # The kubelet's serving certificate, which the API server verifies when it dials the
+    # node for logs and exec (--kubelet-certificate-authority), by the node's InternalIP.
+    kubelet_sans: list[x509.GeneralName] = [x509.DNSName(nodes.REAL_NODE)]
+    kubelet_sans.append(x509.IPAddress(ipaddress.ip_address(nodes.REAL_NODE_IP)))
+    _leaf(
+        pki.kubelet_serving_cert, pki.kubelet_serving_key, ca, ca_key,
+        nodes.REAL_NODE, None, kubelet_sans,
+    )  # fmt: skip
     for component, (cn, org) in CLIENTS.items():
         _leaf(pki.client_cert(component), pki.client_key(component), ca, ca_key, cn, org, None)
 

@@ -8,9 +8,11 @@ import ctypes
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -163,3 +165,13 @@ def wait_until(
             raise StartFailed(f"no {what} after {timeout:.0f} s\n{logs}")
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
+
+
+def get(url: str, context: ssl.SSLContext | None = None) -> bytes:
+    """A health endpoint's body; raises unless it answers 2xx (`wait_until` reads that as
+    not ready yet). No proxy from the environment: these are loopback health checks."""
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    with opener.open(url, timeout=5) as response:
+        return bytes(response.read())

@@ -2,7 +2,9 @@
 
 `build()` fills `$KINDLING_CACHE_DIR/cluster/<versions.key()>/`:
 
-    bin/      etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm
+    bin/      etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet
+              kube-proxy kwok helm knative-controller knative-autoscaler coredns registry
+              pause (the pod sandbox's process, from Kubernetes' own pause.c)
     crds/     the Knative Serving CRDs (serving, networking and caching modules)
     knative/  Knative Serving's namespace and config maps, for its controller and autoscaler
     kwok/stages.yaml   kwok's fast node and pod stages, from the kwok module
@@ -36,12 +38,17 @@ BINARIES = (
     "kube-controller-manager",
     "kube-scheduler",
     "kubectl",
+    "kubelet",
+    "kube-proxy",
     "kwok",
     "helm",
     "knative-controller",
     "knative-autoscaler",
+    "coredns",
+    "registry",
+    "pause",
 )
-KUBERNETES_COMMANDS = BINARIES[1:5]
+KUBERNETES_COMMANDS = BINARIES[1:7]
 STAMP = "BUILT"
 BUILD_HINT = "make cluster-tools  (or: .venv/bin/kindling cluster build)"
 
@@ -148,6 +155,8 @@ def _build_into(out: Path, log: Callable[[str], None]) -> dict[str, float]:
         ("kwok", _kwok),
         ("helm", _helm),
         ("knative", _knative),
+        ("coredns", _coredns),
+        ("registry", _registry),
     ):
         log(f"cluster tools: {name} ...")
         start = time.monotonic()
@@ -220,6 +229,32 @@ def _kubernetes(go: _Go, out: Path) -> None:
         ldflags += [f"-X {package}.{name}={value}" for name, value in stamp.items()]
     commands = [f"k8s.io/kubernetes/cmd/{cmd}" for cmd in KUBERNETES_COMMANDS]
     go("build", "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(out / "bin"), *commands)
+    _pause(go, out)
+
+
+def _pause(go: _Go, out: Path) -> None:
+    """The pod sandbox's process, compiled from the Kubernetes module's own source as its
+    release image is (build/pause/Makefile: a static C binary); nothing is pulled."""
+    module, _ = go.module("k8s.io/kubernetes", versions.KUBERNETES)
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise ToolsMissing("the pause binary is compiled with a C compiler: no gcc on PATH")
+    source = module / "build" / "pause" / "linux" / "pause.c"
+    subprocess.run(
+        [
+            cc,
+            "-Os",
+            "-Wall",
+            "-Werror",
+            "-static",
+            f"-DVERSION=v{versions.PAUSE}-kindling",
+            "-o",
+            str(out / "bin" / "pause"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _etcd(go: _Go, out: Path) -> None:
@@ -247,6 +282,16 @@ def _kwok(go: _Go, out: Path) -> None:
     (out / "kwok").mkdir()
     docs = [(module / stage).read_text().strip() for stage in KWOK_STAGES]
     (out / "kwok" / "stages.yaml").write_text("\n---\n".join(docs) + "\n")
+
+
+def _coredns(go: _Go, out: Path) -> None:
+    _go_install(go, out, f"github.com/coredns/coredns@{versions.COREDNS}", "-s -w")
+
+
+def _registry(go: _Go, out: Path) -> None:
+    """The CNCF distribution registry, which the cluster's node pulls the images from."""
+    package = f"github.com/distribution/distribution/v3/cmd/registry@{versions.REGISTRY}"
+    _go_install(go, out, package, "-s -w")
 
 
 def _helm(go: _Go, out: Path) -> None:

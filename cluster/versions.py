@@ -30,16 +30,29 @@ KWOK = "v0.8.0"
 # helm v4, built with `go install` like the rest: one toolchain, one cache, one pin list.
 HELM = "v4.3.2"
 
+# The pod sandbox's image, under the name kubelet 1.35 and its containerd expect
+# (kubeadm's constants.PauseVersion for 1.35); built from Kubernetes' own pause.c.
+PAUSE = "3.10.1"
+
+# Cluster DNS: CoreDNS as kubeadm deploys it, answering cluster names only.
+COREDNS = "v1.14.2"
+
+# The loopback image registry the real node pulls from (CNCF distribution).
+REGISTRY = "v3.1.2"
+
 ALL: dict[str, str] = {
     "kubernetes": KUBERNETES,
     "etcd": ETCD,
     "kwok": KWOK,
     "helm": HELM,
     "knative-serving": KNATIVE_SERVING,
+    "pause": PAUSE,
+    "coredns": COREDNS,
+    "registry": REGISTRY,
 }
 
 # Bumped when the way the tools are built changes, not only what they are built from.
-BUILD_RECIPE = "3"
+BUILD_RECIPE = "4"
 
 
 def key() -> str:

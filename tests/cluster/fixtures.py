@@ -2,6 +2,11 @@
 shared by every folder that needs it (a plugin: tests/conftest.py names it in
 pytest_plugins, so there is one session fixture, not one per conftest).
 
+It has a real node (containerd, kubelet, kube-proxy, CoreDNS) and a loopback registry
+beside the kwok nodes: `namespace` gives a test a namespace whose pods go to the kwok nodes
+(scheduling, Knative's objects: nothing is run), `node_namespace` one whose pods really
+run. After the session, nothing of the node may be left on the host.
+
 Its tools are built by `make cluster-tools` (which `make test` runs first). When they are
 missing, every cluster test fails with the command that builds them: this tier never
 skips.
@@ -15,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from kindling.cluster import tools
+from kindling.cluster import hostnet, tools
 from kindling.cluster.controlplane import ControlPlane
 
 SAFETY_S = 120  # a safety net on waits that end in seconds; never a measure of speed
@@ -31,8 +36,10 @@ def cluster_tools() -> tools.Tools:
 
 @pytest.fixture(scope="session")
 def cluster(cluster_tools: tools.Tools) -> Iterator[ControlPlane]:
-    with ControlPlane(cluster_tools) as plane:
+    with ControlPlane(cluster_tools, real_node=True) as plane:
         yield plane
+    left = hostnet.leftovers()
+    assert not left, f"the real node left these on the host after it stopped: {left}"
 
 
 @pytest.fixture
@@ -43,11 +50,22 @@ def api(cluster: ControlPlane) -> Iterator[Any]:
 
 @pytest.fixture
 def namespace(cluster: ControlPlane) -> Iterator[str]:
-    """A fresh namespace per test, deleted after it (without waiting for finalizers)."""
+    """A fresh namespace per test whose pods go to the kwok nodes, deleted after it
+    (without waiting for finalizers)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
+    cluster.create_namespace(name, kwok=True)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def node_namespace(cluster: ControlPlane) -> Iterator[str]:
+    """A fresh namespace per test whose pods run on the real node; deleted after it, and
+    waited for, so that its pods are gone before the next test counts the node's."""
+    name = f"n-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, f"--timeout={SAFETY_S}s")
 
 
 def watch_until(

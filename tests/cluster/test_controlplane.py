@@ -49,12 +49,13 @@ def _ready(pod: client.V1Pod) -> bool:
 
 def test_nodes_are_ready_and_the_gpu_node_is_tainted(api: Any) -> None:
     listed = {n.metadata.name: n for n in client.CoreV1Api(api).list_node().items}
-    assert set(listed) == {*nodes.CPU_NODES, *nodes.GPU_NODES}
+    assert set(listed) == {*nodes.CPU_NODES, *nodes.GPU_NODES, nodes.REAL_NODE}
     for node in listed.values():
         assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
     gpu = listed[nodes.GPU_NODES[0]]
     assert gpu.status.allocatable[nodes.GPU_RESOURCE] == "1"
-    assert [(t.key, t.effect) for t in gpu.spec.taints] == [(nodes.GPU_RESOURCE, "NoSchedule")]
+    taints = [(t.key, t.effect) for t in gpu.spec.taints]
+    assert taints == [(nodes.KWOK_TAINT["key"], "NoSchedule"), (nodes.GPU_RESOURCE, "NoSchedule")]
     assert gpu.metadata.labels["nvidia.com/gpu.present"] == "true"
 
 

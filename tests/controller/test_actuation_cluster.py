@@ -59,7 +59,7 @@ def knative_ns(cluster: ControlPlane) -> Iterator[str]:
     with the user's floor 1 and ceiling 3 and its own pre-warm margin 4, then a second
     Revision that carries no traffic (traffic pinned to the first, the template changed)."""
     namespace = f"actuation-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", namespace)
+    cluster.create_namespace(namespace, kwok=True)
     install(
         cluster, namespace,
         sets=("models[0].name=squeezenet1_1", "models[0].autoscaling.minScale=1",
