@@ -1,0 +1,184 @@
+"""The runtime's own image on the real node: built by docker/build_images.py, pushed to the
+cluster's loopback registry, pulled by containerd and run as its non-root user on a
+read-only root, every sample model answering tritonclient through the pod's Service.
+
+The figures a user's cold start is made of are printed, never asserted (the machine is
+shared): the image pull, cold (not on the node) and warm (already there), from the
+kubelet's own events and its pod start-up tracker, and the runtime's own phases in the pod
+(exec to ready), from its cold_start log line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tritonclient.http as httpclient
+from kubernetes import client
+
+from kindling.cluster import nodes
+from kindling.cluster.controlplane import ControlPlane
+from tests.cluster.fixtures import SAFETY_S, watch_until
+from tests.cluster.test_node import ready_pods, through_service
+from tests.conftest import SAMPLE_MODELS
+from tests.docker.helpers import DOCKER, load
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+TAG = "node"
+NAME = "runtime"
+PULLED = re.compile(r"Successfully pulled image .* in ([0-9.]+m?s) \(([0-9.]+m?s) including")
+
+
+@pytest.fixture(scope="module")
+def runtime_image(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The runtime image (no models baked in) in the cluster's registry."""
+    report = tmp_path_factory.mktemp("images") / "images.json"
+    build = subprocess.run(
+        [sys.executable, str(DOCKER / "build_images.py"), "--image", "runtime",
+         "--tag", TAG, "--report", str(report)],
+        capture_output=True, text=True, timeout=1700,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    local = json.loads(report.read_text())["images"]["runtime"]["tag"]
+    pushed = f"{cluster.registry}/kindling-runtime:{TAG}"
+    push = subprocess.run(
+        ["podman", "push", "--tls-verify=false", local, f"docker://{pushed}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert push.returncode == 0, push.stderr[-4000:]
+    return pushed
+
+
+def runtime_deployment(image: str, models: Path) -> list[dict[str, Any]]:
+    """As the chart runs it: non-root, read-only root, /tmp an emptyDir; the sample
+    repository mounted read-only from the host where the chart would bake it in."""
+    labels = {"app": NAME}
+    container = {
+        "name": NAME,
+        "image": image,
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": 8080},
+            "periodSeconds": 1,
+        },
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models", "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    volumes = [
+        {"name": "models", "hostPath": {"path": str(models), "type": "Directory"}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    spec = {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": 5}
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": NAME},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": spec},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": NAME},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    ]
+
+
+@pytest.fixture
+def runtime_pod(
+    cluster: ControlPlane, node_namespace: str, runtime_image: str, model_repository: Path
+) -> Iterator[Any]:
+    # The image's user (65532) reads the repository through the hostPath mount.
+    mode = model_repository.stat().st_mode
+    if mode & 0o005 != 0o005:
+        model_repository.chmod(mode | 0o005)
+    manifests = runtime_deployment(runtime_image, model_repository)
+    for manifest in manifests:
+        manifest["metadata"]["namespace"] = node_namespace
+    cluster.apply(manifests)
+    with cluster.api_client() as api:
+        (pod,) = ready_pods(api, node_namespace, 1)
+    yield pod
+
+
+def test_the_runtime_image_serves_every_model_on_the_node(
+    cluster: ControlPlane, runtime_pod: Any
+) -> None:
+    namespace = runtime_pod.metadata.namespace
+    assert runtime_pod.spec.node_name == nodes.REAL_NODE
+    with cluster.api_client() as api:
+        service = client.CoreV1Api(api).read_namespaced_service(NAME, namespace)
+    address = service.spec.cluster_ip
+    through_service(f"http://{address}/v2/health/ready")
+    requests = load("check_image").SAMPLE_REQUESTS
+    triton = httpclient.InferenceServerClient(f"{address}:80", network_timeout=SAFETY_S)
+    try:
+        for model in SAMPLE_MODELS:
+            result = triton.infer(model, requests[model]())  # raises unless 200
+            assert result.get_response()["model_name"] == model
+    finally:
+        triton.close()
+    first = startup_figures(cluster, runtime_pod)
+
+    # Once more with the image on the node: the warm pull, and the same runtime start.
+    cluster.kubectl("scale", "deployment", NAME, "-n", namespace, "--replicas=0")
+    with cluster.api_client() as api:
+        watch_until(
+            client.CoreV1Api(api).list_namespaced_pod, lambda pods: not pods, namespace=namespace
+        )
+    cluster.kubectl("scale", "deployment", NAME, "-n", namespace, "--replicas=1")
+    with cluster.api_client() as api:
+        (again,) = ready_pods(api, namespace, 1)
+    second = startup_figures(cluster, again)
+    assert first["pull"].startswith("cold") and second["pull"] == "warm (already present)"
+    print(f"\nruntime image on {nodes.REAL_NODE}: first pod {first}\nsecond pod {second}")
+
+
+def startup_figures(cluster: ControlPlane, pod: Any) -> dict[str, str]:
+    """The kubelet's pull event and start-up tracker for the pod, and the runtime's phases
+    from its cold_start line."""
+    namespace, name = pod.metadata.namespace, pod.metadata.name
+    with cluster.api_client() as api:
+        events = client.CoreV1Api(api).list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}"
+        )
+    messages = [e.message or "" for e in events.items if e.reason == "Pulled"]
+    pull = "unknown"
+    for message in messages:
+        if "already present" in message:
+            pull = "warm (already present)"
+        elif match := PULLED.search(message):
+            pull = f"cold {match.group(1)} ({match.group(2)} with waiting)"
+    logs = cluster.kubectl("logs", "-n", namespace, name).stdout
+    line = next(json.loads(x) for x in logs.splitlines() if '"cold_start"' in x)
+    (kubelet,) = [p for p in cluster.processes if p.name == "kubelet"]
+    tracked = [
+        x for x in kubelet.log.read_text().splitlines()
+        if "Observed pod startup duration" in x and f'pod="{namespace}/{name}"' in x
+    ]  # fmt: skip
+    e2e = re.search(r'podStartE2EDuration="([^"]+)"', tracked[-1]) if tracked else None
+    return {
+        "pull": pull,
+        "runtime_phases_s": json.dumps(line["phases_s"]),
+        "pod_start_e2e": e2e.group(1) if e2e else "unknown",
+    }
