@@ -140,6 +140,18 @@ class Node:
             timeout=120,
         )
 
+    def remove_image(self, reference: str) -> None:
+        """Take an image off the node, content and unpacked layers too, so that the next
+        pull is cold (tests); absent is fine. The CRI keeps three names for one pulled
+        image (the tag, the repository digest, the image ID), all with one manifest digest:
+        every name with that digest goes, then containerd's garbage collection (--sync)."""
+        listing = self._ctr("images", "ls").stdout.splitlines()[1:]
+        rows = [line.split() for line in listing if line.strip()]
+        digests = {row[2] for row in rows if row[0] == reference}
+        names = [row[0] for row in rows if row[2] in digests]
+        if names:
+            self._ctr("images", "rm", "--sync", *names)
+
     def _import(self, archive: Path) -> None:
         done = self._ctr("images", "import", "--no-unpack", str(archive))
         if done.returncode != 0:

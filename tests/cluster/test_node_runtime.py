@@ -1,11 +1,11 @@
-"""The runtime's own image on the real node: built by docker/build_images.py, pushed to the
-cluster's loopback registry, pulled by containerd and run as its non-root user on a
-read-only root, every sample model answering tritonclient through the pod's Service.
+"""The project's images on the real node: built by docker/build_images.py, pushed to the
+cluster's loopback registry, pulled by containerd; the runtime run as its non-root user on
+a read-only root, every sample model answering tritonclient through the pod's Service.
 
 The figures a user's cold start is made of are printed, never asserted (the machine is
-shared): the image pull, cold (not on the node) and warm (already there), from the
-kubelet's own events and its pod start-up tracker, and the runtime's own phases in the pod
-(exec to ready), from its cold_start log line.
+shared): each image's pull, cold (removed from the node first) and warm (already there),
+from the kubelet's own events; the pod's start from its start-up tracker; and the
+runtime's own phases in the pod (exec to ready), from its cold_start log line.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import tritonclient.http as httpclient
 from kubernetes import client
 
-from kindling.cluster import nodes
+from kindling.cluster import images, nodes
 from kindling.cluster.controlplane import ControlPlane
 from tests.cluster.fixtures import SAFETY_S, watch_until
 from tests.cluster.test_node import ready_pods, through_service
@@ -33,27 +33,41 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 TAG = "node"
 NAME = "runtime"
-PULLED = re.compile(r"Successfully pulled image .* in ([0-9.]+m?s) \(([0-9.]+m?s) including")
+PULLED = re.compile(
+    r"Successfully pulled image .* in ([0-9.]+m?s) \(([0-9.]+m?s) including waiting\)"
+    r"(?:\. Image size: ([0-9]+) bytes)?"
+)
 
 
 @pytest.fixture(scope="module")
-def runtime_image(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The runtime image (no models baked in) in the cluster's registry."""
+def project_images(
+    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """The runtime (no models baked in) and controller images in the cluster's registry,
+    by name; the probe beside them."""
     report = tmp_path_factory.mktemp("images") / "images.json"
     build = subprocess.run(
-        [sys.executable, str(DOCKER / "build_images.py"), "--image", "runtime",
-         "--tag", TAG, "--report", str(report)],
+        [sys.executable, str(DOCKER / "build_images.py"), "--tag", TAG, "--report", str(report)],
         capture_output=True, text=True, timeout=1700,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    local = json.loads(report.read_text())["images"]["runtime"]["tag"]
-    pushed = f"{cluster.registry}/kindling-runtime:{TAG}"
-    push = subprocess.run(
-        ["podman", "push", "--tls-verify=false", local, f"docker://{pushed}"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert push.returncode == 0, push.stderr[-4000:]
+    pushed = {}
+    for name, built in json.loads(report.read_text())["images"].items():
+        pushed[name] = f"{cluster.registry}/kindling-{name}:{TAG}"
+        push = subprocess.run(
+            ["podman", "push", "--tls-verify=false", built["tag"], f"docker://{pushed[name]}"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert push.returncode == 0, push.stderr[-4000:]
+    assert cluster.registry is not None
+    images.probe().push(cluster.registry, "kindling-probe", TAG)
+    pushed["probe"] = f"{cluster.registry}/kindling-probe:{TAG}"
     return pushed
+
+
+@pytest.fixture(scope="module")
+def runtime_image(project_images: dict[str, str]) -> str:
+    return project_images["runtime"]
 
 
 def runtime_deployment(image: str, models: Path) -> list[dict[str, Any]]:
@@ -182,3 +196,51 @@ def startup_figures(cluster: ControlPlane, pod: Any) -> dict[str, str]:
         "runtime_phases_s": json.dumps(line["phases_s"]),
         "pod_start_e2e": e2e.group(1) if e2e else "unknown",
     }
+
+
+def test_each_image_pulls_cold_then_warm(
+    cluster: ControlPlane, node_namespace: str, project_images: dict[str, str]
+) -> None:
+    """Each image twice, in a pod that only has to be pulled and started: first removed
+    from the node (cold: the registry's layers fetched and unpacked), then again (warm)."""
+    assert cluster.node is not None
+    rows = []
+    for name, image in sorted(project_images.items()):
+        cluster.node.remove_image(image)
+        cold = pulled(cluster, node_namespace, f"{name}-cold", image)
+        warm = pulled(cluster, node_namespace, f"{name}-warm", image)
+        match = PULLED.search(cold)
+        assert match is not None, cold
+        assert "already present on machine" in warm, warm
+        size = int(match.group(3) or 0)
+        rows.append(f"{name:12}{size / 1e6:10.1f}{match.group(1):>12}   already present")
+    print("\nimage pulls on the real node (loopback registry; kubelet's Pulled events)")
+    print(f"{'image':12}{'MB':>10}{'cold':>12}   warm")
+    print("\n".join(rows))
+
+
+def pulled(cluster: ControlPlane, namespace: str, name: str, image: str) -> str:
+    """A pod of `image` whose command exits at once; the kubelet's Pulled event for it."""
+    command = ["/kindling-probe", "echo", "pulled"] if "probe" in image else [
+        "/opt/venv/bin/python", "-c", "pass"]  # fmt: skip
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": image, "command": command}],
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+            },
+        }
+    )
+
+    def done(events: list[Any]) -> bool:
+        return any(e.reason == "Pulled" and e.involved_object.name == name for e in events)
+
+    with cluster.api_client() as api:
+        events = watch_until(client.CoreV1Api(api).list_namespaced_event, done, namespace=namespace)
+    return next(
+        str(e.message) for e in events if e.reason == "Pulled" and e.involved_object.name == name
+    )
