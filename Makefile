@@ -77,9 +77,11 @@ node-tools:
 	  else echo "the real node needs root and: sudo apt-get install $(NODE_PACKAGES)"; exit 1; fi; }
 
 # A control plane in the foreground for a person, with a real node and a loopback registry
-# (as root): prints `export KUBECONFIG=...` and `export KINDLING_REGISTRY=...`.
-cluster: cluster-tools node-tools
-	$(BIN)/kindling cluster up
+# (as root) holding the runtime and controller images (docker/build_images.py, tag dev):
+# prints `export KUBECONFIG=...` and `export KINDLING_REGISTRY=...`.
+cluster: cluster-tools node-tools models image-tools
+	$(BIN)/python docker/build_images.py --tag dev
+	$(BIN)/kindling cluster up --push localhost/kindling-runtime:dev --push localhost/kindling-controller:dev
 
 # The Helm chart's checkers (tests/charts/tools.py pins them): the README table generator
 # (npm) and checkov (its own venv), under $(KINDLING_CACHE_DIR) by version.

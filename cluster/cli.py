@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -28,7 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build or find the cached binaries and CRDs")
-    sub.add_parser("up", help="run a control plane in the foreground until Ctrl-C")
+    up = sub.add_parser("up", help="run a control plane in the foreground until Ctrl-C")
+    up.add_argument(
+        "--push",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="a local podman image to push to the cluster's registry under its own name "
+        "(localhost/kindling-runtime:dev becomes $KINDLING_REGISTRY/kindling-runtime:dev)",
+    )
     return parser
 
 
@@ -39,7 +48,18 @@ def _build() -> int:
     return 0
 
 
-def _up() -> int:
+def _push(registry: str, local: str) -> str:
+    """`podman push` of a local image to the registry, keeping its repository and tag."""
+    name = local.split("/", 1)[1] if local.startswith("localhost/") else local
+    target = f"{registry}/{name}"
+    subprocess.run(
+        ["podman", "push", "--quiet", "--tls-verify=false", local, f"docker://{target}"],
+        check=True,
+    )
+    return target
+
+
+def _up(push: list[str]) -> int:
     from kindling.cluster.controlplane import ControlPlane
 
     stop = threading.Event()
@@ -60,8 +80,10 @@ def _up() -> int:
         exports = [f"export KUBECONFIG={cluster.kubeconfig}"]
         if cluster.registry is not None:
             images.probe().push(cluster.registry, "kindling-probe", "latest")
+            pushed = ["kindling-probe:latest"]
+            pushed += [_push(cluster.registry, local).split("/", 1)[1] for local in push]
             lines.append(f"real node: {nodes.REAL_NODE} ({nodes.REAL_NODE_IP}), where pods run")
-            lines.append(f"registry: {cluster.registry} (kindling-probe:latest)")
+            lines.append(f"registry: {cluster.registry} ({', '.join(pushed)})")
             exports.append(f"export KINDLING_REGISTRY={cluster.registry}")
         else:
             lines.append("no real node: run as root for one (containerd, kubelet)")
@@ -80,7 +102,7 @@ def _up() -> int:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _build() if args.command == "build" else _up()
+        return _build() if args.command == "build" else _up(args.push)
     except tools.ToolsMissing as exc:
         print(f"kindling cluster: {exc}", file=sys.stderr)
         return 1
