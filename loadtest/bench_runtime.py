@@ -270,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         env = {
             "KINDLING_CACHE_DIR": str(Path(tmp) / "cache"),
             "KINDLING_THREADS": str(threads),
+            # As an image runs it: with bytecode (the images compile every .pyc at build),
+            # written under the temp folder by the first served start (the latency
+            # server's), so that a shell's PYTHONDONTWRITEBYTECODE does not turn every
+            # timed start into a compile of the package's sources (~45-50 ms here).
+            "PYTHONDONTWRITEBYTECODE": "",
+            "PYTHONPYCACHEPREFIX": str(Path(tmp) / "pycache"),
         }
 
         session = raw_session(repo / MODEL / "model.onnx", threads)
@@ -353,13 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'  first start on this node':34}{f50:18.3f}{c1:22.3f}{c1 / f50:15.2f}x")
     print(
         "\ntargets: served p50 - raw p50 <= 0.5 ms; throughput >= 0.8x raw; "
-        "cold start <= 0.5 s and <= 1.5x floor"
+        "cold start <= 0.5 s and <= 1.25x floor"
     )
     ok = (
         s50 - r50 <= 0.5
         and served_tp >= 0.8 * raw_tp[best_batch]
         and c50 <= 0.5
-        and c50 <= 1.5 * f50
+        and c50 <= 1.25 * f50
     )
     print("all targets met" if ok else "some targets missed")
     return 0

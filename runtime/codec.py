@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from kindling.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from kindling.runtime.dtypes import DTYPES
 
 HEADER_LENGTH = "inference-header-content-length"
 # numpy's NPY_MAXDIMS: an array of more dimensions cannot be made (64 since numpy 2.0).
@@ -46,22 +47,7 @@ _U32 = struct.Struct("<I")
 # JSON from this size on is decoded with the cyclic GC paused (decode_request).
 GC_PAUSE_BYTES = 64 * 1024
 
-# OIP datatype -> numpy dtype (little-endian: the extension's byte order).
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
+# numpy dtype -> OIP datatype, the inverse of DTYPES (kindling.runtime.dtypes).
 DATATYPE_OF: dict[np.dtype, str] = {v: k for k, v in DTYPES.items()}
 LITTLE_ENDIAN = sys.byteorder == "little"
 

@@ -32,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import unquote
 
@@ -457,6 +456,27 @@ class FlowControl:
             await self._writable
 
 
+# IMF-fixdate's names (RFC 9110 §5.6.7), by tm_wday and tm_mon - 1: what
+# email.utils.formatdate(usegmt=True) writes, without importing the email package, which
+# cost ~9.5 ms of the cold start's imports.
+_DAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MONTHS = tuple(b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
+
+
+def http_date(seconds: float) -> bytes:
+    """`seconds` since the epoch as an HTTP date: b"Sun, 06 Nov 1994 08:49:37 GMT"."""
+    t = time.gmtime(seconds)
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _DAYS[t.tm_wday],
+        t.tm_mday,
+        _MONTHS[t.tm_mon - 1],
+        t.tm_year,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+    )
+
+
 class _Clock:
     """The Date header (RFC 9110 §6.6.1), formatted once per second."""
 
@@ -468,7 +488,7 @@ class _Clock:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._line = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+            self._line = b"date: " + http_date(now) + b"\r\n"
         return self._line
 
 

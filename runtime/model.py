@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -13,20 +12,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# Only what the loader thread needs on its way to the session. The codec (and asyncio
+# with it), fetch.py, preprocess.py and logging are imported where they are used, most by
+# the main thread while onnxruntime builds the session (serve.py); a local model file
+# needs no fetch.py at all.
 from kindling.errors import InferenceError, InvalidInput, KindlingError, ModelLoadError
 from kindling.runtime.buckets import BucketedSession
-from kindling.runtime.codec import DTYPES
 from kindling.runtime.coldstart import ColdStartTimeline
-from kindling.runtime.fetch import evict, fetch_model, is_download
+from kindling.runtime.dtypes import DTYPES
 from kindling.runtime.settings import ModelConfig, ServerSettings, TensorSpec
 
 if TYPE_CHECKING:
+    import logging
+
     import onnxruntime as ort
 
     from kindling.embeddings.store import EmbeddingStore
     from kindling.runtime.preprocess import Preprocessor
-
-log = logging.getLogger("kindling.runtime")
 
 ORT_TYPES: dict[str, type] = {
     "tensor(float)": np.float32,
@@ -110,6 +112,8 @@ class Model:
         """Bring the model file to local disk; runs alongside the onnxruntime import."""
         try:
             if self.config.model_uri:
+                from kindling.runtime.fetch import fetch_model, is_download
+
                 self._path = fetch_model(
                     self.config.model_uri,
                     options.uri_schemes,
@@ -157,7 +161,6 @@ class Model:
         assert path is not None, "fetch() runs before load()"
         self.threads = threads
         cache_dir = options.cache_root
-        from kindling.runtime.preprocess import make_preprocessor
         from kindling.runtime.session import choose_providers, create_session, optimized_path
 
         chosen = choose_providers(options.providers)
@@ -173,7 +176,12 @@ class Model:
         self.provider = self.session.get_providers()[0]
         timeline.mark("session", self.name)
         graph_inputs = {i.name: list(i.shape) for i in self.session.get_inputs()}
-        self.preprocessor = make_preprocessor(self.config, graph_inputs, embedding_store)
+        if self.config.preprocess:
+            # Only for text models, and not before the session: preprocess.py imports
+            # asyncio, which the main thread is importing meanwhile (serve.py).
+            from kindling.runtime.preprocess import make_preprocessor
+
+            self.preprocessor = make_preprocessor(self.config, graph_inputs, embedding_store)
         try:
             self._check_graph(list(graph_inputs))
         except ModelLoadError as exc:
@@ -204,6 +212,8 @@ class Model:
         the cache by hand."""
         if self._downloaded is None or self._path is None:
             return exc
+        from kindling.runtime.fetch import evict
+
         if not evict(self._path, self._downloaded):
             return exc  # another process has already replaced it
         return ModelLoadError(
@@ -248,7 +258,7 @@ class Model:
             try:
                 self.runner.warm(self._warmup_feed, self._output_names)
             except Exception as exc:  # warming is an optimization: a cold bucket still works
-                log.warning("warming %s's buckets failed: %r", self.name, exc)
+                _log().warning("warming %s's buckets failed: %r", self.name, exc)
 
     def save_optimized_cache(self) -> None:
         """Write the optimized graph for the next cold start (off the critical path)."""
@@ -260,7 +270,7 @@ class Model:
         try:
             save_optimized(*pending)
         except Exception as exc:  # a cache is an optimization: never fail serving for it
-            log.warning("not caching the optimized graph of %s: %r", self.name, exc)
+            _log().warning("not caching the optimized graph of %s: %r", self.name, exc)
 
     # -- serving ----------------------------------------------------------------------
 
@@ -330,6 +340,14 @@ class Model:
             "outputs": [t.to_metadata() for t in self.config.outputs],
             "parameters": parameters,
         }
+
+
+def _log() -> logging.Logger:
+    """The runtime's logger, for the rare warning: logging is not imported on the loader
+    thread's way to the session."""
+    import logging
+
+    return logging.getLogger("kindling.runtime")
 
 
 def _check_tensor(spec: TensorSpec, array: np.ndarray, max_rows: int) -> int:

@@ -1,8 +1,10 @@
 """The loader thread: builds every model while the main thread imports the HTTP stack.
 
-It imports numpy and onnxruntime itself, so those imports run alongside the main
-thread's (the HTTP server and the app); session creation and the warm-up run release the
-GIL and overlap with them outright (paper 001: overlap the cold-start steps).
+It imports numpy and onnxruntime first thing, with only what a session needs (model.py
+leaves the codec, and asyncio with it, to the main thread), while the main thread
+waits: imports hold the GIL, so two at once only slow each other down. Then session
+creation and the warm-up run, which release it, overlap the main thread's import of the
+HTTP stack (paper 001: overlap the cold-start steps).
 
 Each model loads as soon as its own file is fetched, in the order fetches finish: a slow
 or failing download holds up no other model (and each is bounded by
@@ -72,7 +74,10 @@ class ModelLoader(threading.Thread):
                         name=f"fetch-{model.name}",
                         daemon=True,
                     ).start()
-                import onnxruntime  # noqa: F401
+                # onnxruntime, with session.py (hashlib): done before the main thread is
+                # let go, so that only the session's own C++ work, which frees the GIL,
+                # runs against its imports.
+                import kindling.runtime.session  # noqa: F401
             finally:
                 self.imported.set()
             # One at a time, in the order fetches finish: loads share the CPUs.

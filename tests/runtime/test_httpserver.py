@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from email.utils import formatdate
 from typing import TypeVar
 
 import orjson
@@ -29,6 +30,7 @@ from kindling.runtime.httpserver import (
     HttpServer,
     Request,
     Response,
+    http_date,
 )
 
 LIMIT = 4 * 1024 * 1024
@@ -234,6 +236,36 @@ def test_keep_alive_serves_many_requests_on_one_connection(server: ServerThread)
         assert response.getheader("date")
         assert response.getheader("connection") is None
     conn.close()
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [0, 784111777, 951782400, 1796608000, 2**31, 4102444799, 1709164800, 1704067199],
+    ids=[
+        "epoch",
+        "rfc9110-example",
+        "2000-02-29",
+        "2026",
+        "2038",
+        "2099-12-31",
+        "2024-02-29",
+        "2023-12-31",
+    ],
+)
+def test_http_date_is_formatdate(seconds):
+    """The Date header's own formatter writes what email.utils.formatdate did."""
+    assert http_date(seconds) == formatdate(seconds, usegmt=True).encode()
+
+
+def test_the_date_header_is_an_http_date(server: ServerThread):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=SAFETY_S)
+    before = time.time()
+    conn.request("GET", "/echo/date")
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    date = response.getheader("date")
+    assert date.encode() in {http_date(t) for t in range(int(before), int(time.time()) + 1)}
 
 
 def test_pipelined_requests_are_answered_in_order(server: ServerThread):
