@@ -14,13 +14,18 @@ skips.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from kindling.cluster import hostnet, tools
+from kindling.cluster import hostnet, images, tools
 from kindling.cluster.controlplane import ControlPlane
 
 SAFETY_S = 120  # a safety net on waits that end in seconds; never a measure of speed
@@ -40,6 +45,40 @@ def cluster(cluster_tools: tools.Tools) -> Iterator[ControlPlane]:
         yield plane
     left = hostnet.leftovers()
     assert not left, f"the real node left these on the host after it stopped: {left}"
+
+
+REPO = Path(__file__).resolve().parents[2]
+# The chart's appVersion: the tag its images are pulled by.
+APP_VERSION = str(yaml.safe_load((REPO / "charts/kindling/Chart.yaml").read_text())["appVersion"])
+
+
+@pytest.fixture(scope="session")
+def pushed_images(
+    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """The project's images, as `make cluster` pushes them: built once per session by
+    docker/build_images.py (the runtime with every sample model baked in, the controller,
+    Redis), tagged with the chart's appVersion, in the cluster's registry; the probe beside
+    them. Name -> reference."""
+    assert cluster.registry is not None
+    report = tmp_path_factory.mktemp("images") / "images.json"
+    build = subprocess.run(
+        [sys.executable, str(REPO / "docker" / "build_images.py"), "--models", "all",
+         "--tag", APP_VERSION, "--report", str(report)],
+        capture_output=True, text=True, timeout=1700,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    pushed = {}
+    for name, built in json.loads(report.read_text())["images"].items():
+        pushed[name] = f"{cluster.registry}/kindling-{name}:{APP_VERSION}"
+        push = subprocess.run(
+            ["podman", "push", "--tls-verify=false", built["tag"], f"docker://{pushed[name]}"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert push.returncode == 0, push.stderr[-4000:]
+    images.probe().push(cluster.registry, "kindling-probe", APP_VERSION)
+    pushed["probe"] = f"{cluster.registry}/kindling-probe:{APP_VERSION}"
+    return pushed
 
 
 @pytest.fixture
@@ -66,6 +105,31 @@ def node_namespace(cluster: ControlPlane) -> Iterator[str]:
     cluster.create_namespace(name)
     yield name
     cluster.kubectl("delete", "namespace", name, f"--timeout={SAFETY_S}s")
+
+
+def deployment(name: str, replicas: int, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment of `pod_spec` whose pods carry `app: <name>`."""
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def service(name: str, target_port: int) -> dict[str, Any]:
+    """A ClusterIP Service on port 80 for `deployment(name, ...)`'s pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": target_port}]},
+    }
 
 
 def watch_until(

@@ -14,23 +14,9 @@ from kubernetes.client.exceptions import ApiException
 from kindling.cluster import nodes
 from kindling.cluster.controlplane import ControlPlane
 from kindling.cluster.processes import wait_until
-from tests.cluster.fixtures import SAFETY_S, watch_until
+from tests.cluster.fixtures import SAFETY_S, deployment, watch_until
 
 pytestmark = pytest.mark.cluster
-
-
-def _deployment(name: str, replicas: int, pod_spec: dict[str, Any]) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-        },
-    }
 
 
 def _container(resources: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -68,7 +54,7 @@ def test_a_deployment_becomes_ready_pods_with_service_endpoints(
         "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
     }
-    web = _deployment("web", 2, {"containers": [_container()]})
+    web = deployment("web", 2, {"containers": [_container()]})
     cluster.apply(_in_namespace([web, service], namespace))
     core = client.CoreV1Api(api)
     pods = watch_until(
@@ -113,11 +99,11 @@ def test_gpu_pods_land_on_the_gpu_node_and_no_others_do(
     cluster.apply(
         _in_namespace(
             [
-                _deployment(
+                deployment(
                     "gpu", 1, {"containers": [_container(gpu)], "tolerations": [toleration]}
                 ),
-                _deployment("untolerated-gpu", 1, {"containers": [_container(gpu)]}),
-                _deployment("cpu", 4, {"containers": [_container()]}),
+                deployment("untolerated-gpu", 1, {"containers": [_container(gpu)]}),
+                deployment("cpu", 4, {"containers": [_container()]}),
             ],
             namespace,
         )
@@ -273,7 +259,7 @@ def test_the_api_server_restarts_in_place_and_keeps_its_objects(
     # (Knative's run under restart, as their pods would: test_knative covers them.)
     assert all(p.alive() for p in before if not p.restart)
     cluster.apply(
-        _in_namespace([_deployment("after", 1, {"containers": [_container()]})], namespace)
+        _in_namespace([deployment("after", 1, {"containers": [_container()]})], namespace)
     )
     cluster.kubectl(
         "wait",

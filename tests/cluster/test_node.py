@@ -21,11 +21,18 @@ from kindling.cluster import hostnet, images, nodes
 from kindling.cluster.controlplane import ControlPlane
 from kindling.cluster.node import NodeBusy
 from kindling.cluster.processes import wait_until
-from tests.cluster.fixtures import SAFETY_S, watch_until
+from tests.cluster.fixtures import SAFETY_S, deployment, service, watch_until
 
 pytestmark = pytest.mark.cluster
 
 PROBE = "kindling-probe"
+# The restricted Pod Security Standard's container settings, as the chart's pods have them.
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 # Read when the module is collected, before the session's cluster starts: the node never
 # writes the machine's global switch, so it must still be this.
 IP_FORWARD_BEFORE = Path("/proc/sys/net/ipv4/ip_forward").read_text()
@@ -39,42 +46,27 @@ def probe_image(cluster: ControlPlane) -> str:
     return f"{cluster.registry}/{PROBE}:test"
 
 
-def probe_deployment(name: str, image: str, replicas: int = 1) -> list[dict[str, Any]]:
-    labels = {"app": name}
+def probe_deployment(name: str, image: str) -> list[dict[str, Any]]:
     container = {
         "name": "probe",
         "image": image,
         "args": ["serve"],
         "ports": [{"containerPort": 8080}],
         "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": RESTRICTED,
     }
-    return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [container], "terminationGracePeriodSeconds": 2},
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    ]
+    spec = {"containers": [container], "terminationGracePeriodSeconds": 2}
+    return [deployment(name, 1, spec), service(name, 8080)]
+
+
+def run_ready(cluster: ControlPlane, namespace: str, manifests: list[dict[str, Any]]) -> Any:
+    """Apply a Deployment (and its Service) in `namespace`; its one pod once Ready."""
+    for manifest in manifests:
+        manifest["metadata"]["namespace"] = namespace
+    cluster.apply(manifests)
+    with cluster.api_client() as api:
+        (pod,) = ready_pods(api, namespace, 1)
+    return pod
 
 
 def ready_pods(api: Any, namespace: str, count: int) -> list[Any]:
@@ -94,13 +86,7 @@ def _ready(pod: Any) -> bool:
 @pytest.fixture
 def probe(cluster: ControlPlane, node_namespace: str, probe_image: str) -> Iterator[Any]:
     """One probe pod Ready on the real node behind a Service, in its own namespace."""
-    manifests = probe_deployment("probe", probe_image)
-    for manifest in manifests:
-        manifest["metadata"]["namespace"] = node_namespace
-    cluster.apply(manifests)
-    with cluster.api_client() as api:
-        (pod,) = ready_pods(api, node_namespace, 1)
-    yield pod
+    yield run_ready(cluster, node_namespace, probe_deployment("probe", probe_image))
 
 
 def exec_in(cluster: ControlPlane, pod: Any, *command: str) -> str:

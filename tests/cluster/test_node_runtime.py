@@ -1,6 +1,7 @@
 """The project's images on the real node: built by docker/build_images.py, pushed to the
-cluster's loopback registry, pulled by containerd; the runtime run as its non-root user on
-a read-only root, every sample model answering tritonclient through the pod's Service.
+cluster's loopback registry (the `pushed_images` fixture), pulled by containerd; the
+runtime run as its non-root user on a read-only root, with the test's own model repository
+mounted over the image's, every sample model answering tritonclient through its Service.
 
 The figures a user's cold start is made of are printed, never asserted (the machine is
 shared): each image's pull, cold (removed from the node first) and warm (already there),
@@ -12,8 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,15 @@ import pytest
 import tritonclient.http as httpclient
 from kubernetes import client
 
-from kindling.cluster import images, nodes
+from kindling.cluster import nodes
 from kindling.cluster.controlplane import ControlPlane
-from tests.cluster.fixtures import SAFETY_S, watch_until
-from tests.cluster.test_node import ready_pods, through_service
+from tests.cluster.fixtures import SAFETY_S, deployment, service, watch_until
+from tests.cluster.test_node import RESTRICTED, ready_pods, run_ready, through_service
 from tests.conftest import SAMPLE_MODELS
-from tests.docker.helpers import DOCKER, load
+from tests.docker.helpers import load
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# The image build (a minute warm, several cold) runs in the first test's set-up.
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TAG = "node"
 NAME = "runtime"
@@ -40,40 +40,13 @@ PULLED = re.compile(
 
 
 @pytest.fixture(scope="module")
-def project_images(
-    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    """The runtime (no models baked in) and controller images in the cluster's registry,
-    by name; the probe beside them."""
-    report = tmp_path_factory.mktemp("images") / "images.json"
-    build = subprocess.run(
-        [sys.executable, str(DOCKER / "build_images.py"), "--tag", TAG, "--report", str(report)],
-        capture_output=True, text=True, timeout=1700,
-    )  # fmt: skip
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    pushed = {}
-    for name, built in json.loads(report.read_text())["images"].items():
-        pushed[name] = f"{cluster.registry}/kindling-{name}:{TAG}"
-        push = subprocess.run(
-            ["podman", "push", "--tls-verify=false", built["tag"], f"docker://{pushed[name]}"],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert push.returncode == 0, push.stderr[-4000:]
-    assert cluster.registry is not None
-    images.probe().push(cluster.registry, "kindling-probe", TAG)
-    pushed["probe"] = f"{cluster.registry}/kindling-probe:{TAG}"
-    return pushed
-
-
-@pytest.fixture(scope="module")
-def runtime_image(project_images: dict[str, str]) -> str:
-    return project_images["runtime"]
+def runtime_image(pushed_images: dict[str, str]) -> str:
+    return pushed_images["runtime"]
 
 
 def runtime_deployment(image: str, models: Path) -> list[dict[str, Any]]:
     """As the chart runs it: non-root, read-only root, /tmp an emptyDir; the sample
     repository mounted read-only from the host where the chart would bake it in."""
-    labels = {"app": NAME}
     container = {
         "name": NAME,
         "image": image,
@@ -86,36 +59,14 @@ def runtime_deployment(image: str, models: Path) -> list[dict[str, Any]]:
             {"name": "models", "mountPath": "/models", "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": RESTRICTED,
     }
     volumes = [
         {"name": "models", "hostPath": {"path": str(models), "type": "Directory"}},
         {"name": "tmp", "emptyDir": {}},
     ]
     spec = {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": 5}
-    return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": NAME},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": spec},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": NAME},
-            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    ]
+    return [deployment(NAME, 1, spec), service(NAME, 8080)]
 
 
 @pytest.fixture
@@ -126,13 +77,7 @@ def runtime_pod(
     mode = model_repository.stat().st_mode
     if mode & 0o005 != 0o005:
         model_repository.chmod(mode | 0o005)
-    manifests = runtime_deployment(runtime_image, model_repository)
-    for manifest in manifests:
-        manifest["metadata"]["namespace"] = node_namespace
-    cluster.apply(manifests)
-    with cluster.api_client() as api:
-        (pod,) = ready_pods(api, node_namespace, 1)
-    yield pod
+    yield run_ready(cluster, node_namespace, runtime_deployment(runtime_image, model_repository))
 
 
 def test_the_runtime_image_serves_every_model_on_the_node(
@@ -199,13 +144,13 @@ def startup_figures(cluster: ControlPlane, pod: Any) -> dict[str, str]:
 
 
 def test_each_image_pulls_cold_then_warm(
-    cluster: ControlPlane, node_namespace: str, project_images: dict[str, str]
+    cluster: ControlPlane, node_namespace: str, pushed_images: dict[str, str]
 ) -> None:
     """Each image twice, in a pod that only has to be pulled and started: first removed
     from the node (cold: the registry's layers fetched and unpacked), then again (warm)."""
     assert cluster.node is not None
     rows = []
-    for name, image in sorted(project_images.items()):
+    for name, image in sorted(pushed_images.items()):
         cluster.node.remove_image(image)
         cold = pulled(cluster, node_namespace, f"{name}-cold", image)
         warm = pulled(cluster, node_namespace, f"{name}-warm", image)
@@ -219,10 +164,16 @@ def test_each_image_pulls_cold_then_warm(
     print("\n".join(rows))
 
 
+# What each image runs once pulled, to exit at once (the Python images: an empty script).
+PULL_COMMANDS = {
+    "probe": ["/kindling-probe", "echo", "pulled"],
+    "redis": ["redis-server", "--version"],
+}
+
+
 def pulled(cluster: ControlPlane, namespace: str, name: str, image: str) -> str:
     """A pod of `image` whose command exits at once; the kubelet's Pulled event for it."""
-    command = ["/kindling-probe", "echo", "pulled"] if "probe" in image else [
-        "/opt/venv/bin/python", "-c", "pass"]  # fmt: skip
+    command = PULL_COMMANDS.get(name.rsplit("-", 1)[0], ["/opt/venv/bin/python", "-c", "pass"])
     cluster.apply(
         {
             "apiVersion": "v1",
