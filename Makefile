@@ -77,13 +77,13 @@ node-tools:
 	  else echo "the real node needs root and: sudo apt-get install $(NODE_PACKAGES)"; exit 1; fi; }
 
 # A control plane in the foreground for a person, with a real node and a loopback registry
-# (as root) holding the images the chart runs: the runtime with every sample model baked in
-# and the controller, tagged with the chart's appVersion (docker/build_images.py). Prints
+# (as root) holding the images the chart runs: the runtime with every sample model baked in,
+# the controller and Redis, tagged with the chart's appVersion (docker/build_images.py). Prints
 # `export KUBECONFIG=...` and `export KINDLING_REGISTRY=...`.
 APP_VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/kindling/Chart.yaml)
 cluster: cluster-tools node-tools models image-tools
 	$(BIN)/python docker/build_images.py --models all --tag $(APP_VERSION)
-	$(BIN)/kindling cluster up --push localhost/kindling-runtime:$(APP_VERSION) --push localhost/kindling-controller:$(APP_VERSION)
+	$(BIN)/kindling cluster up --push localhost/kindling-runtime:$(APP_VERSION) --push localhost/kindling-controller:$(APP_VERSION) --push localhost/kindling-redis:$(APP_VERSION)
 
 # The Helm chart's checkers (tests/charts/tools.py pins them): the README table generator
 # (npm) and checkov (its own venv), under $(KINDLING_CACHE_DIR) by version.

@@ -69,6 +69,8 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 IMAGES = {
     "runtime": "Dockerfile.runtime",
     "controller": "Dockerfile.controller",
+    # Debian's redis-server and curl, for the chart's Redis and its loader's download.
+    "redis": "Dockerfile.redis",
 }
 # The runtime's whole image, uncompressed, without models, interpreter and libraries
 # included: paper 001's onnxruntime deployment package was 92 MB; AWS Lambda's limit for one

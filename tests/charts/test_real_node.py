@@ -12,13 +12,14 @@ its own ServiceAccount; `helm upgrade` rolls the pods; `helm uninstall` leaves n
 
 The CPU request is lowered because this node has two cores: six models at the chart's
 500m each would not fit (the scheduler counts requests, not use).
+
+With `redis.enabled`, the chart's Redis runs Debian's redis-server (docker/Dockerfile.redis:
+Docker Hub's image cannot be pulled here), its loader Jobs load the demo word vectors from
+a PersistentVolume into it, and the text models answer from Redis.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,36 +32,22 @@ from kindling.cluster import nodes
 from kindling.cluster.controlplane import ControlPlane
 from tests.charts.render import CHART
 from tests.charts.test_cluster import INSTANCE, install, release_objects
-from tests.cluster.fixtures import SAFETY_S, watch_until
+from tests.cluster.fixtures import APP_VERSION, SAFETY_S, watch_until
 from tests.cluster.test_node import through_service
 from tests.conftest import SAMPLE_MODELS
-from tests.docker.helpers import DOCKER, load
+from tests.docker.helpers import load
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# The image build (a minute warm, several cold) runs in the first test's set-up.
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-APP_VERSION = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
 # This node's two cores: the chart's 500m per model would leave pods Pending.
 SMALL_CPU = "modelDefaults.resources.requests.cpu=100m"
 
 
 @pytest.fixture(scope="module")
-def registry(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The chart's images, as `make cluster` pushes them, in the cluster's registry."""
+def registry(cluster: ControlPlane, pushed_images: dict[str, str]) -> str:
+    """The registry, once it holds the chart's images under its appVersion."""
     assert cluster.registry is not None
-    report = tmp_path_factory.mktemp("images") / "images.json"
-    build = subprocess.run(
-        [sys.executable, str(DOCKER / "build_images.py"), "--models", "all",
-         "--tag", APP_VERSION, "--report", str(report)],
-        capture_output=True, text=True, timeout=1700,
-    )  # fmt: skip
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    for name, built in json.loads(report.read_text())["images"].items():
-        target = f"docker://{cluster.registry}/kindling-{name}:{APP_VERSION}"
-        push = subprocess.run(
-            ["podman", "push", "--tls-verify=false", built["tag"], target],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert push.returncode == 0, push.stderr[-4000:]
     return cluster.registry
 
 
@@ -135,6 +122,98 @@ def test_the_raw_install_serves_every_model_on_the_real_node(
             label_selector=INSTANCE,
         )
     assert release_objects(cluster, node_namespace) == []
+
+
+def test_the_text_models_read_their_tables_from_the_charts_redis(
+    cluster: ControlPlane, node_namespace: str, registry: str, tmp_path: Path
+) -> None:
+    from kindling.modelzoo.word_vectors import write_demo_vectors
+
+    # The demo tables' word2vec files on a PersistentVolume (hostPath: no provisioner
+    # here), readable by the loader's non-root user.
+    vectors = tmp_path / "vectors"
+    files = write_demo_vectors(vectors)
+    for path in [tmp_path, vectors, *files.values()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    volume = f"vectors-{node_namespace}"
+    claim = {"accessModes": ["ReadOnlyMany"], "storageClassName": ""}
+    cluster.apply(
+        [
+            {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+             "spec": {**claim, "capacity": {"storage": "1Gi"},
+                      "hostPath": {"path": str(vectors), "type": "Directory"},
+                      "claimRef": {"namespace": node_namespace, "name": "vectors"}}},
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "vectors", "namespace": node_namespace},
+             "spec": {**claim, "volumeName": volume,
+                      "resources": {"requests": {"storage": "1Gi"}}}},
+        ]
+    )  # fmt: skip
+    values = {
+        "global": {"imageRegistry": registry},
+        "serving": {"mode": "raw"},
+        "modelDefaults": {"resources": {"requests": {"cpu": "100m"}}},
+        "models": [
+            {"name": "kim_cnn", "embeddingTable": "demo300"},
+            {"name": "sm_cnn", "embeddingTable": "demo50"},
+        ],
+        "controller": {"enabled": False},
+        "redis": {
+            "enabled": True,
+            "persistence": {"enabled": False},
+            "image": {"repository": "kindling-redis", "tag": APP_VERSION},
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                          "limits": {"memory": "256Mi"}},
+        },
+        "embeddings": {
+            "loader": {
+                "tables": [
+                    {"name": name, "format": "word2vec-bin",
+                     "pvc": {"claimName": "vectors", "path": path.name}}
+                    for name, path in sorted(files.items())
+                ],
+                "resources": {"requests": {"cpu": "100m"}},
+            }
+        },
+    }  # fmt: skip
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    # helm waits for the post-install loader Jobs: the tables are in Redis when it returns.
+    proc = cluster.helm(
+        "install", "kindling", str(CHART), "--namespace", node_namespace,
+        "--values", str(values_file), f"--timeout={SAFETY_S}s", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with cluster.api_client() as api:
+        pods = all_ready(api, node_namespace, 3)  # Redis and the two text models
+        services = client.CoreV1Api(api).list_namespaced_service(
+            node_namespace, label_selector=f"{INSTANCE},app.kubernetes.io/component=runtime"
+        )
+    assert {p.spec.node_name for p in pods} == {nodes.REAL_NODE}
+    (kim,) = [p for p in pods if "kim-cnn" in p.metadata.name]
+    # The runtime's own view of its store: the chart's Redis, with both tables loaded.
+    listed = cluster.kubectl(
+        "exec", "-n", node_namespace, kim.metadata.name, "--",
+        "/opt/venv/bin/kindling", "embeddings", "list",
+    ).stdout  # fmt: skip
+    assert "demo300" in listed and "demo50" in listed, listed
+    env = {e.name: e for e in kim.spec.containers[0].env or []}
+    assert "KINDLING_REDIS_URL" in env, sorted(env)
+    requests = load("check_image").SAMPLE_REQUESTS
+    for service in services.items:
+        model = service.metadata.labels["kindling.dev/model"]
+        address = service.spec.cluster_ip
+        through_service(f"http://{address}/v2/models/{model}/ready")
+        triton = httpclient.InferenceServerClient(f"{address}:80", network_timeout=SAFETY_S)
+        try:
+            result = triton.infer(model, requests[model]())  # raises unless 200
+        finally:
+            triton.close()
+        assert result.get_response()["model_name"] == model
+    cluster.helm("uninstall", "kindling", "--namespace", node_namespace, "--wait",
+                 f"--timeout={SAFETY_S}s")  # fmt: skip
+    cluster.kubectl("delete", "pvc", "vectors", "-n", node_namespace, "--wait=false")
+    cluster.kubectl("delete", "pv", volume, "--wait=false")
 
 
 def test_the_chart_values_a_person_types_are_the_ones_tested() -> None:

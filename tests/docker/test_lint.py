@@ -29,7 +29,12 @@ ACCEPTED = {"CKV_DOCKER_2", "CKV_DOCKER_7"}
 
 def test_every_image_has_a_dockerfile() -> None:
     names = {p.name for p in DOCKERFILES}
-    assert names == {"Dockerfile.runtime", "Dockerfile.runtime-gpu", "Dockerfile.controller"}
+    assert names == {
+        "Dockerfile.runtime",
+        "Dockerfile.runtime-gpu",
+        "Dockerfile.controller",
+        "Dockerfile.redis",
+    }
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
