@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tritonclient.http as httpclient
 import yaml
 from kubernetes import client
 
@@ -33,9 +32,8 @@ from kindling.cluster.controlplane import ControlPlane
 from tests.charts.render import CHART
 from tests.charts.test_cluster import INSTANCE, install, release_objects
 from tests.cluster.fixtures import APP_VERSION, SAFETY_S, watch_until
-from tests.cluster.test_node import through_service
+from tests.cluster.test_node import infer_through_service
 from tests.conftest import SAMPLE_MODELS
-from tests.docker.helpers import load
 
 # The image build (a minute warm, several cold) runs in the first test's set-up.
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -89,15 +87,8 @@ def test_the_raw_install_serves_every_model_on_the_real_node(
         )
     by_model = {s.metadata.labels["kindling.dev/model"]: s.spec.cluster_ip for s in services.items}
     assert set(by_model) == set(SAMPLE_MODELS)
-    requests = load("check_image").SAMPLE_REQUESTS
     for model, address in sorted(by_model.items()):
-        through_service(f"http://{address}/v2/models/{model}/ready")
-        triton = httpclient.InferenceServerClient(f"{address}:80", network_timeout=SAFETY_S)
-        try:
-            result = triton.infer(model, requests[model]())  # raises unless 200
-        finally:
-            triton.close()
-        assert result.get_response()["model_name"] == model
+        infer_through_service(address, model)
 
     # An upgrade that changes the pods' template rolls every one of them.
     before = {p.metadata.name for p in pods}
@@ -199,17 +190,10 @@ def test_the_text_models_read_their_tables_from_the_charts_redis(
     assert "demo300" in listed and "demo50" in listed, listed
     env = {e.name: e for e in kim.spec.containers[0].env or []}
     assert "KINDLING_REDIS_URL" in env, sorted(env)
-    requests = load("check_image").SAMPLE_REQUESTS
     for service in services.items:
-        model = service.metadata.labels["kindling.dev/model"]
-        address = service.spec.cluster_ip
-        through_service(f"http://{address}/v2/models/{model}/ready")
-        triton = httpclient.InferenceServerClient(f"{address}:80", network_timeout=SAFETY_S)
-        try:
-            result = triton.infer(model, requests[model]())  # raises unless 200
-        finally:
-            triton.close()
-        assert result.get_response()["model_name"] == model
+        infer_through_service(
+            service.spec.cluster_ip, service.metadata.labels["kindling.dev/model"]
+        )
     cluster.helm("uninstall", "kindling", "--namespace", node_namespace, "--wait",
                  f"--timeout={SAFETY_S}s")  # fmt: skip
     cluster.kubectl("delete", "pvc", "vectors", "-n", node_namespace, "--wait=false")

@@ -198,6 +198,22 @@ def through_service(url: str) -> str:
     return answers[-1]
 
 
+def infer_through_service(address: str, model: str) -> None:
+    """One sample request (docker/check_image.py's) to `model` behind a ClusterIP Service
+    on port 80, once the Service answers; raises unless 200 and the answer is `model`'s."""
+    import tritonclient.http as httpclient
+
+    from tests.docker.helpers import load
+
+    through_service(f"http://{address}/v2/models/{model}/ready")
+    triton = httpclient.InferenceServerClient(f"{address}:80", network_timeout=SAFETY_S)
+    try:
+        result = triton.infer(model, load("check_image").SAMPLE_REQUESTS[model]())
+    finally:
+        triton.close()
+    assert result.get_response()["model_name"] == model
+
+
 def _http(url: str) -> str:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=SAFETY_S) as response:
