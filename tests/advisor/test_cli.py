@@ -15,15 +15,16 @@ from kindling.advisor.measurements import Measurement
 from kindling.advisor.pick import pick
 from kindling.advisor.search import Space, search
 from kindling.cluster.tools import Tools
-from kindling.controller import workloads
-from tests.advisor.test_search import measurement
+from tests.advisor.test_search import GRID, half_mmpp, measurement
 from tests.charts.render import CHART, NAMESPACE, RELEASE, Helm, by_kind, env, pod_template
 from tests.loadtest.conftest import run_loadtest
 
 SLO_MS = 250.0
 # A small plan: one thread (two would only time-share this machine's cores with the
-# client), four concurrency levels, few requests. Sizes, not timings, are asserted.
+# client), four concurrency levels, few requests, half of mmpp-120 searched (its first
+# 125 s, tests/advisor/test_search.py). Sizes, not timings, are asserted.
 PLAN = (
+    "--duration", "125",
     "--threads", "1",
     "--concurrency", "1", "--concurrency", "2", "--concurrency", "4", "--concurrency", "8",
     "--requests", "60",
@@ -123,10 +124,10 @@ def test_a_tighter_slo_is_never_cheaper_on_a_real_measurement(advised: dict[str,
     measured = Measurement.from_json(
         (advised["mobilenet_v2"].parent / "measurement.json").read_text()
     )
-    w = workloads.make("mmpp-120", seed=0)
+    w = half_mmpp()
     costs = []
     for slo in (SLO_MS, SLO_MS / 2, SLO_MS / 4):
-        costs.append(pick(search(measured, w, Space(slo_p99_ms=slo))).pick.cost_usd)
+        costs.append(pick(search(measured, w, Space(slo_p99_ms=slo, **GRID))).pick.cost_usd)
     assert costs == sorted(costs)
 
 

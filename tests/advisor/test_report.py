@@ -12,8 +12,7 @@ from kindling.advisor.measurements import LoadPoint
 from kindling.advisor.pick import NoCandidateMeetsSlo, pick
 from kindling.advisor.report import PLOT, REPORT, report_markdown, slo_crossing, write_report
 from kindling.advisor.search import Space, search
-from kindling.controller import workloads
-from tests.advisor.test_search import measurement
+from tests.advisor.test_search import GRID, half_mmpp, measurement
 
 PNG = b"\x89PNG\r\n\x1a\n"
 COMMAND = "kindling advise --model mobilenet_v2 --slo-p99-ms 20 --workload mmpp-120"
@@ -21,7 +20,7 @@ COMMAND = "kindling advise --model mobilenet_v2 --slo-p99-ms 20 --workload mmpp-
 
 def test_the_report_shows_the_pick_its_inputs_and_the_losers(tmp_path: Path) -> None:
     # 20 ms: some pods meet it, others queue past it.
-    result = search(measurement(), workloads.make("mmpp-120", seed=0), Space(slo_p99_ms=20))
+    result = search(measurement(), half_mmpp(), Space(slo_p99_ms=20, **GRID))
     advice = pick(result)
     paths = write_report(result, tmp_path / "report", advice, COMMAND)
     assert [p.name for p in paths] == [REPORT, PLOT]
@@ -46,7 +45,7 @@ def test_the_report_shows_the_pick_its_inputs_and_the_losers(tmp_path: Path) -> 
 
 def test_with_no_pick_the_report_shows_the_closest(tmp_path: Path) -> None:
     # 6 ms: about one request's own p99 on two threads, so every pod queues past it.
-    result = search(measurement(), workloads.make("mmpp-120", seed=0), Space(slo_p99_ms=6))
+    result = search(measurement(), half_mmpp(), Space(slo_p99_ms=6, **GRID))
     assert result.simulated > 0
     with pytest.raises(NoCandidateMeetsSlo):
         pick(result)

@@ -19,6 +19,7 @@ from kindling.advisor.search import (
     OVER_SLO,
     AdviceError,
     Resources,
+    Search,
     Space,
     candidates,
     lower_bound_pod_s,
@@ -63,9 +64,27 @@ def measurement(
     return Measurement(model, "synthetic", 32, cold_start_s, tuple(settings))
 
 
+# The properties below hold for any grid and any workload: they are checked on half of
+# mmpp-120 (7,500 requests in 125 s, still a dozen bursts) and, but for the pick's own test,
+# on two of the three CPU fractions and two of the four margins. A search then simulates
+# about 120 candidates instead of 264, each half as long: the file runs in a quarter of the
+# time (it was the suite's slowest in-process file).
+GRID = {"cpu_fractions": (1.0, 0.5), "margins_k": (0.0, 2.0)}
+
+
+def half_mmpp() -> Workload:
+    return workloads.make("mmpp-120", seed=0, duration_s=125.0)
+
+
 @pytest.fixture(scope="module")
 def mmpp() -> Workload:
-    return workloads.make("mmpp-120", seed=0)
+    return half_mmpp()
+
+
+@pytest.fixture(scope="module")
+def at_60ms(mmpp: Workload) -> Search:
+    """The default grid searched for p99 <= 60 ms: shared by the tests that only read it."""
+    return search(measurement(), mmpp, Space(slo_p99_ms=60, **GRID))
 
 
 def test_memory_is_the_peak_plus_headroom_and_never_below_it(mmpp: Workload) -> None:
@@ -80,7 +99,7 @@ def test_memory_is_the_peak_plus_headroom_and_never_below_it(mmpp: Workload) -> 
         assert c.resources.memory_mib >= peaks[c.setting]
         # One core per thread, or a CFS quota of a fraction of it (Space.cpu_fractions).
         assert c.resources.cpu / c.setting.threads in (1.0, 0.5, 0.25)
-    advice = pick(search(m, mmpp, Space(slo_p99_ms=100)))
+    advice = pick(search(m, mmpp, Space(slo_p99_ms=100, **GRID)))
     best = advice.pick.candidate
     assert best.resources.memory_mib >= peaks[best.setting]
     assert f"at max_batch_size {best.setting.max_batch_size}" in best.resources.memory_source
@@ -129,7 +148,7 @@ def test_a_tighter_slo_never_yields_a_cheaper_answer(mmpp: Workload) -> None:
     m = measurement()
     costs = []
     for slo in (20.0, 40.0, 80.0, 160.0, 320.0):
-        advice = pick(search(m, mmpp, Space(slo_p99_ms=slo)))
+        advice = pick(search(m, mmpp, Space(slo_p99_ms=slo, **GRID)))
         assert advice.pick.sim.p99_ms <= slo
         costs.append(advice.pick.cost_usd)
     assert costs == sorted(costs, reverse=True)
@@ -138,8 +157,9 @@ def test_a_tighter_slo_never_yields_a_cheaper_answer(mmpp: Workload) -> None:
 
 def test_a_heavier_model_gets_at_least_as_much_cpu_and_memory(mmpp: Workload) -> None:
     # Kim CNN-like: 3 ms alone, 150 MiB; MobileNetV2-like on one core: 40 ms, 600 MiB.
-    light = pick(search(measurement("kim_cnn", 3.0, 150.0), mmpp, Space(slo_p99_ms=45)))
-    heavy = pick(search(measurement("mobilenet_v2", 40.0, 600.0), mmpp, Space(slo_p99_ms=45)))
+    space = Space(slo_p99_ms=45, **GRID)
+    light = pick(search(measurement("kim_cnn", 3.0, 150.0), mmpp, space))
+    heavy = pick(search(measurement("mobilenet_v2", 40.0, 600.0), mmpp, space))
     lr, hr = light.pick.candidate.resources, heavy.pick.candidate.resources
     assert hr.cpu >= lr.cpu and hr.memory_mib >= lr.memory_mib
     assert (hr.cpu, hr.memory_mib) != (lr.cpu, lr.memory_mib)  # and the advice differs
@@ -166,7 +186,11 @@ def test_rarer_bursts_yield_no_more_min_scale(policy: str) -> None:
         (SettingResult(RuntimeSetting(1, 1, 0.0), (LoadPoint(1, latencies, 50.0),), 200.0),),
     )  # fmt: skip
     space = Space(
-        slo_p99_ms=300, policy=policy, min_scales=(0, 1, 2, 3, 4), target_fractions=(1.0,)
+        slo_p99_ms=300,
+        policy=policy,
+        min_scales=(0, 1, 2, 3, 4),
+        target_fractions=(1.0,),
+        margins_k=GRID["margins_k"],
     )
     often = pick(search(m, bursty(every_s=120), space)).pick.candidate.min_scale
     rarely = pick(search(m, bursty(every_s=1800), space)).pick.candidate.min_scale
@@ -196,10 +220,11 @@ def test_no_candidate_meeting_the_slo_is_an_error(mmpp: Workload) -> None:
     assert raised.value.closest is not None and raised.value.closest.sim.cold_requests > 0
 
 
-def test_pruning_keeps_the_pick_and_runners_up_of_the_full_grid(mmpp: Workload) -> None:
-    m = measurement()
-    pruned = search(m, mmpp, Space(slo_p99_ms=60))
-    full = search(m, mmpp, Space(slo_p99_ms=60, keep=10**6))
+def test_pruning_keeps_the_pick_and_runners_up_of_the_full_grid(
+    mmpp: Workload, at_60ms: Search
+) -> None:
+    pruned = at_60ms
+    full = search(measurement(), mmpp, Space(slo_p99_ms=60, keep=10**6, **GRID))
     assert pruned.pruned[BOUND] > 0 and full.pruned[BOUND] == 0
     assert pruned.pruned[DOMINATED] > 0  # b8 is faster than b1 above one in flight
     advice = pick(pruned)
@@ -229,9 +254,9 @@ def test_the_pick_is_the_cheapest_and_the_runners_up_say_why(mmpp: Workload) -> 
         assert "> SLO" in f.why or "cold" in f.why
 
 
-def test_the_search_is_deterministic(mmpp: Workload) -> None:
-    a = search(measurement(), mmpp, Space(slo_p99_ms=60))
-    b = search(measurement(), mmpp, Space(slo_p99_ms=60))
+def test_the_search_is_deterministic(mmpp: Workload, at_60ms: Search) -> None:
+    a = at_60ms
+    b = search(measurement(), mmpp, Space(slo_p99_ms=60, **GRID))
     assert [(o.candidate, o.sim.p99_ms, o.cost_usd) for o in a.outcomes] == [
         (o.candidate, o.sim.p99_ms, o.cost_usd) for o in b.outcomes
     ]

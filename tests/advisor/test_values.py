@@ -18,20 +18,27 @@ from kindling.advisor.search import Space, search
 from kindling.advisor.values import values_yaml, write_values
 from kindling.cluster.tools import Tools
 from kindling.controller import workloads
-from tests.advisor.test_search import measurement
+from tests.advisor.test_search import GRID, half_mmpp, measurement
 from tests.charts.render import CHART, NAMESPACE, RELEASE, Helm, by_kind, env, validate
 
 COMMAND = "kindling advise --model {model} --slo-p99-ms 60 --workload mmpp-120"
 
 
 def advise(model: str = "mobilenet_v2", policy: str = "kindling") -> Advice:
-    w = workloads.make("mmpp-120", seed=0)
-    return pick(search(measurement(model), w, Space(slo_p99_ms=60, policy=policy)))
+    """An advice to write out: any search gives one (the small one of test_search.py)."""
+    return pick(
+        search(measurement(model), half_mmpp(), Space(slo_p99_ms=60, policy=policy, **GRID))
+    )
 
 
 @pytest.fixture(scope="module")
 def advice() -> Advice:
     return advise()
+
+
+@pytest.fixture(scope="module")
+def kpa_advice() -> Advice:
+    return advise(policy="knative-kpa")
 
 
 def merged(values: dict[str, Any]) -> dict[str, Any]:
@@ -80,12 +87,12 @@ def test_every_value_says_which_measurement_chose_it(advice: Advice) -> None:
     assert COMMAND.format(model="mobilenet_v2") in text
 
 
-def test_the_values_meet_the_charts_schema(advice: Advice) -> None:
+def test_the_values_meet_the_charts_schema(advice: Advice, kpa_advice: Advice) -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     doc = yaml.safe_load(values_yaml(advice))
     jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)
     jsonschema.validate(merged(doc), schema, cls=jsonschema.Draft7Validator)
-    kpa = yaml.safe_load(values_yaml(advise(policy="knative-kpa")))
+    kpa = yaml.safe_load(values_yaml(kpa_advice))
     jsonschema.validate(merged(kpa), schema, cls=jsonschema.Draft7Validator)
 
 
@@ -94,8 +101,8 @@ def test_a_text_model_keeps_its_embedding_table() -> None:
     assert entry["embeddingTable"] == "demo300"  # charts/kindling/values.yaml's kim_cnn
 
 
-def test_without_the_controller_the_file_turns_it_off() -> None:
-    doc = yaml.safe_load(values_yaml(advise(policy="knative-kpa")))
+def test_without_the_controller_the_file_turns_it_off(kpa_advice: Advice) -> None:
+    doc = yaml.safe_load(values_yaml(kpa_advice))
     assert doc["controller"] == {"enabled": False}
     assert "prewarm" not in doc["models"][0]
 
