@@ -20,6 +20,10 @@ a PersistentVolume into it, and the text models answer from Redis.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from kubernetes import client
 
 from kindling.cluster import nodes
 from kindling.cluster.controlplane import ControlPlane
+from kindling.controller.raw import USER_REPLICAS, WARM_REPLICAS
 from tests.charts.render import CHART
 from tests.charts.test_cluster import INSTANCE, install, release_objects
 from tests.cluster.fixtures import APP_VERSION, SAFETY_S, watch_until
@@ -49,18 +54,22 @@ def registry(cluster: ControlPlane, pushed_images: dict[str, str]) -> str:
     return cluster.registry
 
 
-def all_ready(api: Any, namespace: str, count: int) -> list[Any]:
-    """The release's pods once exactly `count` exist and all are Ready."""
+def all_ready(
+    api: Any, namespace: str, count: int, selector: str = INSTANCE, exact: bool = True
+) -> list[Any]:
+    """The pods matching `selector` once exactly `count` (with `exact=False`, at least
+    `count`) exist and all are Ready."""
 
     def done(pods: list[Any]) -> bool:
         live = [p for p in pods if p.metadata.deletion_timestamp is None]
-        return len(live) == count == len(pods) and all(_ready(p) for p in live)
+        enough = len(live) == count == len(pods) if exact else len(live) >= count
+        return enough and all(_ready(p) for p in live)
 
     return watch_until(
         client.CoreV1Api(api).list_namespaced_pod,
         done,
         namespace=namespace,
-        label_selector=INSTANCE,
+        label_selector=selector,
     )
 
 
@@ -113,6 +122,84 @@ def test_the_raw_install_serves_every_model_on_the_real_node(
             label_selector=INSTANCE,
         )
     assert release_objects(cluster, node_namespace) == []
+
+
+def test_the_controller_pod_raises_a_loaded_deployment_through_its_scale_subresource(
+    cluster: ControlPlane, node_namespace: str, registry: str
+) -> None:
+    """The controller's pod, under its own ServiceAccount and Role, scraping the runtime
+    pods' /metrics: closed-loop load on one model through its ClusterIP Service raises the
+    model's Deployment above the user's one replica through `deployments/scale` (raw.py),
+    and the new pods start and answer on the real node. Giving the pods back after the
+    load (a 60 s cooldown, policy.py) is tested on the kwok control plane
+    (tests/controller/test_actuation_cluster.py), not here."""
+    model = "mobilenet_v2"
+    sets = (f"global.imageRegistry={registry}", "serving.mode=raw", SMALL_CPU,
+            f"models[0].name={model}", "controller.intervalSeconds=2")  # fmt: skip
+    install(cluster, node_namespace, sets=sets)
+    runtime = f"{INSTANCE},app.kubernetes.io/component=runtime"
+    with cluster.api_client() as api:
+        all_ready(api, node_namespace, 2)  # the model and the controller
+        (service,) = (
+            client.CoreV1Api(api)
+            .list_namespaced_service(node_namespace, label_selector=runtime)
+            .items
+        )
+        infer_through_service(service.spec.cluster_ip, model)
+        with closed_loop_load(service.spec.cluster_ip, model, clients=4) as errors:
+            (raised,) = watch_until(
+                client.AppsV1Api(api).list_namespaced_deployment,
+                lambda ds: bool(ds) and (ds[0].spec.replicas or 0) >= 2,
+                namespace=node_namespace,
+                label_selector=runtime,
+            )
+            pods = all_ready(api, node_namespace, 2, runtime, exact=False)
+        lease = client.CoordinationV1Api(api).read_namespaced_lease(
+            "kindling-controller", node_namespace
+        )
+    assert errors == []
+    name = raised.metadata.name
+    # The controller's memory of the user's replicas and its own, on its Lease: the raise is
+    # its own, and the chart's Role lets it write replicas through `deployments/scale` only
+    # (tests/charts/test_cluster.py checks what that Role allows).
+    assert json.loads(lease.metadata.annotations[USER_REPLICAS]) == {name: 1}
+    assert json.loads(lease.metadata.annotations[WARM_REPLICAS])[name] >= 2
+    assert {p.spec.node_name for p in pods} == {nodes.REAL_NODE}
+
+
+@contextlib.contextmanager
+def closed_loop_load(address: str, model: str, clients: int) -> Iterator[list[str]]:
+    """`clients` threads, each sending the model's sample request and the next as soon as
+    the answer comes, until the block ends; yields the list of errors seen (none expected:
+    a pod is only in the Service once Ready)."""
+    import tritonclient.http as httpclient
+
+    from tests.docker.helpers import load
+
+    request = load("check_image").SAMPLE_REQUESTS[model]
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def run() -> None:
+        triton = httpclient.InferenceServerClient(f"{address}:80", network_timeout=SAFETY_S)
+        try:
+            while not stop.is_set():
+                try:
+                    triton.infer(model, request())
+                except Exception as exc:  # every failure is reported, none expected
+                    errors.append(repr(exc))
+        finally:
+            triton.close()
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(SAFETY_S)
 
 
 def test_the_text_models_read_their_tables_from_the_charts_redis(
