@@ -4,10 +4,11 @@ etcd, kube-apiserver (TLS, RBAC, service-account token signing), kube-controller
 kube-scheduler and kwok, which plays the kubelets of three fake nodes (two CPU, one GPU;
 see nodes.py), with Knative Serving's CRDs applied. The same set-up as controller-runtime's
 envtest for the API server, plus the controllers and scheduler that make Deployments turn
-into pods on nodes. With `real_node`, also a real node where pods run (node.py: containerd,
-kubelet, kube-proxy, CoreDNS) and a loopback image registry it pulls from (registry.py);
-the API server then listens on the node's bridge, where pods reach it through the
-`kubernetes` Service. Every process and the temporary folder go on `stop()`.
+into pods on nodes, and Knative Serving (knative.py). With `real_node`, also a real node
+where pods run (node.py: containerd, kubelet, kube-proxy, CoreDNS) and a loopback image
+registry it pulls from (registry.py), and Knative's data plane in pods there; the API
+server then listens on the node's bridge, where pods reach it through the `kubernetes`
+Service. Every process and the temporary folder go on `stop()`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from kindling.cluster import nodes, pki, registry
+from kindling.cluster import knative, nodes, pki, registry
 from kindling.cluster.node import Node
 from kindling.cluster.processes import SAFETY_S, Process, free_port, get, wait_until
 from kindling.cluster.tools import Tools
@@ -33,30 +34,6 @@ POD_CIDR = "10.244.0.0/16"  # the cluster's pods (kube-proxy's clusterCIDR)
 KWOK_POD_CIDR = "10.244.0.0/17"  # kwok's fake pods; the real node has 10.244.128.0/24
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 NODE_LEASE_S = 40  # kubelet's default node lease duration, which kwok renews
-
-KNATIVE_NAMESPACE = "knative-serving"
-# Knative resolves image tags to digests at the registry, and no registry is reachable
-# from these machines (nor is any image run: kwok fakes the containers). Tags from these
-# registries are taken as they are; an image by digest never needs resolving.
-SKIP_TAG_RESOLVING = "kind.local,ko.local,dev.local,kindling.local,index.docker.io,ghcr.io"
-QUEUE_PROXY_IMAGE = "kindling.local/queue-proxy@sha256:" + "0" * 64
-# The autoscaler publishes its own address for the activator in an EndpointSlice, which
-# refuses loopback addresses; no activator runs, so an unused address stands in.
-KNATIVE_POD_IP = "10.96.255.254"
-# client-go's defaults for the kube components (15 s, 10 s, 2 s) instead of Knative's
-# 60 s, 40 s, 10 s: a restarted controller takes a new identity (hostname_uuid,
-# knative.dev/pkg leaderelection.UniqueID) and must wait its old lease out.
-LEADER_ELECTION = {"lease-duration": "15s", "renew-deadline": "10s", "retry-period": "2s"}
-# Ready means leading: the reconcilers a Service needs, and the autoscaler's only bucket.
-KNATIVE_LEASES = frozenset(
-    [
-        *(
-            f"controller.knative.dev.serving.pkg.reconciler.{name}.reconciler.00-of-01"
-            for name in ("service", "configuration", "revision", "serverlessservice", "route")
-        ),
-        "autoscaler-bucket-00-of-01",
-    ]
-)
 
 
 class ControlPlane:
@@ -70,9 +47,9 @@ class ControlPlane:
         knative: bool = True,
         real_node: bool = False,
     ) -> None:
-        """`knative`: also run Knative Serving's controller and autoscaler, so that a
-        Knative Service becomes a Revision, a PodAutoscaler and a Deployment whose pods
-        kwok runs, and a Revision's min-scale becomes replicas. `real_node`: also the real
+        """`knative`: also run Knative Serving (knative.py): its controller and autoscaler,
+        so that a Knative Service becomes a Revision, a PodAutoscaler and a Deployment, and
+        with a real node its activator, webhook and queue-proxy. `real_node`: also the real
         node and the registry (root only; one per machine)."""
         self.tools = tools.require()
         self.knative = knative
@@ -106,11 +83,13 @@ class ControlPlane:
             self._start_scheduler()
             self._start_kwok()
             self._register_nodes()
-            if self.knative:
-                self._start_knative()
             if self.node is not None:
                 self.registry = registry.start(self, self.workdir / "registry" / "storage")
+            pushed = knative.start(self) if self.knative else {}
+            if self.node is not None:
                 self.node.start()
+                if self.knative:
+                    knative.start_data_plane(self, pushed)
         except BaseException:
             self.stop()
             raise
@@ -406,53 +385,6 @@ class ControlPlane:
         self.kubectl("apply", "--server-side", "-f", crds)
         timeout = f"--timeout={SAFETY_S:.0f}s"
         self.kubectl("wait", "--for=condition=Established", timeout, "-f", crds)
-
-    def _start_knative(self) -> None:
-        """Knative's namespace and config maps (its release's own, `_example` blocks
-        dropped), then its controller and autoscaler, each ready once it leads."""
-        config = self.tools.knative_config
-        self.kubectl("apply", "-f", str(config / "100-namespace.yaml"))
-        maps = [
-            doc
-            for path in sorted(config.glob("config-*.yaml"))
-            for doc in yaml.safe_load_all(path.read_text())
-            if doc
-        ]
-        for doc in maps:
-            data = doc.setdefault("data", {})
-            data.pop("_example", None)
-            if doc["metadata"]["name"] == "config-deployment":
-                data["queue-sidecar-image"] = QUEUE_PROXY_IMAGE
-                data["registries-skipping-tag-resolving"] = SKIP_TAG_RESOLVING
-            if doc["metadata"]["name"] == "config-leader-election":
-                data.update(LEADER_ELECTION)
-        self.apply(maps)
-        watched = []
-        for name in ("knative-controller", "knative-autoscaler"):
-            env = {
-                "SYSTEM_NAMESPACE": KNATIVE_NAMESPACE,
-                "POD_NAME": f"{name}-0",
-                "POD_IP": KNATIVE_POD_IP,
-                "CONFIG_LOGGING_NAME": "config-logging",
-                "CONFIG_OBSERVABILITY_NAME": "config-observability",
-                "METRICS_DOMAIN": "knative.dev/internal/serving",
-                # Their default listeners (8008, 9090) would collide with each other.
-                "PROFILING_PORT": str(free_port()),
-                "METRICS_PROMETHEUS_PORT": str(free_port()),
-            }
-            # Restarted when they exit, as their Deployments' pods would be.
-            process = self.launch(name, [f"--kubeconfig={self.kubeconfig}"], env, restart=True)
-            watched.append(process)
-
-        def leading() -> bool:
-            from kubernetes import client
-
-            with self.api_client() as api:
-                leases = client.CoordinationV1Api(api).list_namespaced_lease(KNATIVE_NAMESPACE)
-            held = {lease.metadata.name for lease in leases.items if lease.spec.holder_identity}
-            return KNATIVE_LEASES <= held
-
-        wait_until(leading, "Knative's controller and autoscaler leading", watched)
 
     # -- files ----------------------------------------------------------------------------
 

@@ -413,32 +413,44 @@ def _coredns_rbac() -> list[dict[str, Any]]:
 def _dns_service() -> list[dict[str, Any]]:
     """kube-system/kube-dns at kubeadm's address, its endpoint CoreDNS on the node's
     bridge (a process here, where a cluster would run it as a pod)."""
-    ports = [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")]
-    meta = {"name": "kube-dns", "namespace": "kube-system",
-            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}}  # fmt: skip
+    labels = {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}
+    ports = [("dns", 53, 53, "UDP"), ("dns-tcp", 53, 53, "TCP")]
+    return host_service("kube-dns", "kube-system", labels, ports, DNS_SERVICE_IP)
+
+
+def host_service(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    ports: list[tuple[str, int, int, str]],
+    cluster_ip: str | None = None,
+) -> list[dict[str, Any]]:
+    """A Service without a selector for a process on the node's address (CoreDNS, Knative's
+    autoscaler: processes here, pods in a cluster), and its EndpointSlice, which kube-proxy
+    routes by. `ports`: (name, Service port, the process's port, protocol)."""
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    spec: dict[str, Any] = {
+        "ports": [
+            {"name": n, "port": p, "targetPort": t, "protocol": proto} for n, p, t, proto in ports
+        ]
+    }
+    if cluster_ip is not None:
+        spec["clusterIP"] = cluster_ip
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta,
-            "spec": {
-                "clusterIP": DNS_SERVICE_IP,
-                "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in ports],
-            },
-        },
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec},
         {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {
-                "name": "kube-dns-coredns",
-                "namespace": "kube-system",
+                "name": f"{name}-host",
+                "namespace": namespace,
                 "labels": {
-                    "kubernetes.io/service-name": "kube-dns",
+                    "kubernetes.io/service-name": name,
                     "endpointslice.kubernetes.io/managed-by": "kindling.dev",
                 },
             },
             "addressType": "IPv4",
             "endpoints": [{"addresses": [nodes.REAL_NODE_IP], "conditions": {"ready": True}}],
-            "ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in ports],
+            "ports": [{"name": n, "port": t, "protocol": proto} for n, _, t, proto in ports],
         },
     ]

@@ -3,16 +3,21 @@
 `build()` fills `$KINDLING_CACHE_DIR/cluster/<versions.key()>/`:
 
     bin/      etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet
-              kube-proxy kwok helm knative-controller knative-autoscaler coredns registry
-              pause (the pod sandbox's process, from Kubernetes' own pause.c)
+              kube-proxy kwok helm coredns registry, Knative Serving's controller,
+              autoscaler, activator, queue-proxy and webhook (knative-*), and pause (the
+              pod sandbox's process, from Kubernetes' own pause.c)
     crds/     the Knative Serving CRDs (serving, networking and caching modules)
-    knative/  Knative Serving's namespace and config maps, for its controller and autoscaler
+    knative/  Knative Serving's namespace and config maps, for its controller and
+              autoscaler; data-plane/: the activator's and webhook's manifests
     kwok/stages.yaml   kwok's fast node and pod stages, from the kwok module
-    BUILT     versions and seconds per step; written last, so its presence means complete
+    BUILT     versions, each step's key and seconds; written last, so its presence means
+              complete
 
 The folder is built beside its final name and renamed into place, under an flock(2), so
 two test runs never build at once and a killed build leaves nothing that looks complete.
-A present folder costs nothing: `build()` returns before touching Go.
+A present folder costs nothing: `build()` returns before touching Go. A new folder (a
+version or a step's recipe changed) hard-links every step whose key is unchanged from a
+complete folder beside it and builds only the rest.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ BINARIES = (
     "helm",
     "knative-controller",
     "knative-autoscaler",
+    "knative-activator",
+    "knative-queue-proxy",
+    "knative-webhook",
     "coredns",
     "registry",
     "pause",
@@ -72,6 +80,10 @@ KWOK_STAGES = (
     "kustomize/stage/pod/fast/pod-complete.yaml",
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
+
+
+# A build step: the scratch Go module it may use, and the folder it writes into.
+Step = Callable[["_Go", Path], None]
 
 
 class ToolsMissing(RuntimeError):
@@ -117,7 +129,9 @@ def locate(env: Mapping[str, str] | None = None) -> Tools:
 
 
 def build(env: Mapping[str, str] | None = None, log: Callable[[str], None] = print) -> Tools:
-    """The tools for the pinned versions, built first if the cache lacks them."""
+    """The tools for the pinned versions, built first if the cache lacks them. A step whose
+    key (versions.step_key) a complete folder beside it shares is taken from there, as hard
+    links: only what changed is built."""
     tools = locate(env)
     if not tools.missing():
         return tools
@@ -133,8 +147,13 @@ def build(env: Mapping[str, str] | None = None, log: Callable[[str], None] = pri
         shutil.rmtree(tools.root, ignore_errors=True)  # incomplete: no stamp
         work = Path(tempfile.mkdtemp(prefix=f".{tools.root.name}.", dir=tools.root.parent))
         try:
-            steps = _build_into(work, log)
-            stamp = {"versions": versions.ALL, "seconds": steps, "built": time.time()}
+            steps = _build_into(work, log, _built_steps(tools.root.parent))
+            stamp = {
+                "versions": versions.ALL,
+                "steps": {step: versions.step_key(step) for step in versions.STEP_PINS},
+                "seconds": steps,
+                "built": time.time(),
+            }
             (work / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
             work.rename(tools.root)
         finally:
@@ -142,29 +161,63 @@ def build(env: Mapping[str, str] | None = None, log: Callable[[str], None] = pri
     return tools.require()
 
 
-def _build_into(out: Path, log: Callable[[str], None]) -> dict[str, float]:
-    go = shutil.which("go")
-    if go is None:
-        raise ToolsMissing("the cluster tools are built with Go (1.26): `go` is not on PATH")
+def _built_steps(parent: Path) -> dict[str, Path]:
+    """Step key -> a complete folder under `parent` that built that step."""
+    found: dict[str, Path] = {}
+    for stamp in sorted(parent.glob(f"*/{STAMP}")):
+        try:
+            built = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            continue
+        keys = built.get("steps")
+        pins = built.get("versions")
+        if keys is None and isinstance(pins, dict) and set(versions.ALL) <= set(pins):
+            # Built before per-step recipes: every step at recipe "4", if its name says so.
+            if stamp.parent.name == versions.legacy_key(pins):
+                keys = {s: versions.step_key(s, pins, "4") for s in versions.STEP_PINS}
+        for key in (keys or {}).values():
+            found.setdefault(key, stamp.parent)
+    return found
+
+
+def _build_into(
+    out: Path, log: Callable[[str], None], built: Mapping[str, Path] | None = None
+) -> dict[str, float]:
+    """Every step into `out`: linked from `built` (step key -> folder) where it has the
+    step, else built with Go. Seconds per step."""
+    built = built or {}
     (out / "bin").mkdir()
     steps: dict[str, float] = {}
     src = out / "src"
-    for name, step in (
-        ("kubernetes", _kubernetes),
-        ("etcd", _etcd),
-        ("kwok", _kwok),
-        ("helm", _helm),
-        ("knative", _knative),
-        ("coredns", _coredns),
-        ("registry", _registry),
-    ):
-        log(f"cluster tools: {name} ...")
+    go: str | None = None
+    for name, (step, outputs) in STEPS.items():
         start = time.monotonic()
-        step(_Go(go, src / name, src / "gocache"), out)
+        donor = built.get(versions.step_key(name))
+        if donor is not None and all((donor / o).exists() for o in outputs):
+            for output in outputs:
+                _link(donor / output, out / output)
+            log(f"cluster tools: {name} taken from {donor.name}")
+        else:
+            go = go or shutil.which("go")
+            if go is None:
+                raise ToolsMissing(
+                    "the cluster tools are built with Go (1.26): `go` is not on PATH"
+                )
+            log(f"cluster tools: {name} ...")
+            step(_Go(go, src / name, src / "gocache"), out)
+            log(f"cluster tools: {name} done in {time.monotonic() - start:.0f} s")
         steps[name] = round(time.monotonic() - start, 1)
-        log(f"cluster tools: {name} done in {steps[name]:.0f} s")
     shutil.rmtree(src, ignore_errors=True)
     return steps
+
+
+def _link(source: Path, target: Path) -> None:
+    """A file or folder of a complete cache folder, hard-linked: no copy, no extra disk,
+    and either folder may be removed later."""
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=os.link)
+    else:
+        os.link(source, target)
 
 
 class _Go:
@@ -299,43 +352,76 @@ def _helm(go: _Go, out: Path) -> None:
     _go_install(go, out, f"helm.sh/helm/v4/cmd/helm@{versions.HELM}", stamp)
 
 
-# Knative's controller and autoscaler run as plain processes beside each other, where in a
-# cluster each has a pod (and a network namespace) of its own. Two of their listeners are
-# fixed in code and would collide, there and with anything else on the machine: the
-# controller's health probes (:8080, knative.dev/pkg sharedmain) and the autoscaler's stats
-# server (:8080, a constant in its main.go). Each main package is copied into the wrapper
-# module (`go build -overlay` may not replace files in the module cache) with one line
-# changed: probes off (the API server is its health check here) and the stats server on
-# a free loopback port (only the activator dials it, and no activator runs). A line that
-# is no longer there fails the build, not the tests.
-KNATIVE_COMMANDS: dict[str, tuple[str, str, str]] = {
+# Knative Serving's binaries. The controller and autoscaler run as plain processes beside
+# each other, where in a cluster each has a pod (and a network namespace) of its own, so
+# two listeners fixed in code would collide, there and with anything else on the machine:
+# the controller's health probes (:8080, knative.dev/pkg sharedmain) and the autoscaler's
+# stats server (:8080, a constant in its main.go). Each main package is copied into the
+# wrapper module (`go build -overlay` may not replace files in the module cache) with
+# lines changed: the controller's probes off (the API server is its health check here),
+# and the stats server on the address in KINDLING_STATS_SERVER_ADDR: the real node's
+# address, where the activator's pod dials it through the `autoscaler` Service, or a free
+# loopback port without a real node (no activator). The activator, queue-proxy and webhook
+# run in pods on the real node as Knative runs them (cluster/knative.py), unchanged. A line
+# that is no longer there fails the build, not the tests.
+KNATIVE_COMMANDS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "knative-controller": (
         "cmd/controller/main.go",
-        "ctx := signals.NewContext()",
-        "ctx := sharedmain.WithHealthProbesDisabled(signals.NewContext())",
+        (
+            (
+                "ctx := signals.NewContext()",
+                "ctx := sharedmain.WithHealthProbesDisabled(signals.NewContext())",
+            ),
+        ),
     ),
     "knative-autoscaler": (
         "cmd/autoscaler/main.go",
-        'statsServerAddr = ":8080"',
-        'statsServerAddr = "127.0.0.1:0"',
+        (
+            ("import (", 'import (\n\t"os"\n'),
+            (
+                "statserver.New(statsServerAddr,",
+                'statserver.New(os.Getenv("KINDLING_STATS_SERVER_ADDR"),',
+            ),
+        ),
     ),
+    "knative-activator": ("cmd/activator/main.go", ()),
+    "knative-queue-proxy": ("cmd/queue/main.go", ()),
+    "knative-webhook": ("cmd/webhook/main.go", ()),
 }
+# What the data plane's pods need from Knative's release config (config/core): their
+# service accounts and roles, their Deployments and Services, the webhook's configurations.
+KNATIVE_MANIFESTS = (
+    "200-serviceaccount.yaml",
+    "200-roles/activator.yaml",
+    "200-roles/addressable-resolvers-clusterrole.yaml",
+    "200-roles/clusterrole-namespaced.yaml",
+    "200-roles/clusterrole.yaml",
+    "200-roles/podspecable-bindings-clusterrole.yaml",
+    "deployments/activator.yaml",
+    "deployments/webhook.yaml",
+    "webhooks/configmap-validation.yaml",
+    "webhooks/defaulting.yaml",
+    "webhooks/resource-validation.yaml",
+    "webhooks/secret.yaml",
+)
 
 
 def _knative(go: _Go, out: Path) -> None:
-    """Knative Serving's CRDs, config maps, controller and autoscaler, at one release."""
+    """Knative Serving's CRDs, config maps, manifests and binaries, at one release."""
     serving, gomod = go.module("knative.dev/serving", versions.KNATIVE_SERVING)
+    core = serving / "config" / "core"
     crds = out / "crds"
     crds.mkdir()
-    for path in sorted((serving / "config" / "core" / "300-resources").glob("*.yaml")):
+    for path in sorted((core / "300-resources").glob("*.yaml")):
         shutil.copyfile(path, crds / f"serving-{path.name}")
     config = out / "knative"
     config.mkdir()
-    shutil.copyfile(
-        serving / "config" / "core" / "100-namespace.yaml", config / "100-namespace.yaml"
-    )
-    for path in sorted((serving / "config" / "core" / "configmaps").glob("*.yaml")):
+    shutil.copyfile(core / "100-namespace.yaml", config / "100-namespace.yaml")
+    for path in sorted((core / "configmaps").glob("*.yaml")):
         shutil.copyfile(path, config / f"config-{path.name}")
+    (config / "data-plane").mkdir()
+    for name in KNATIVE_MANIFESTS:
+        shutil.copyfile(core / name, config / "data-plane" / name.replace("/", "-"))
     for dependency, names in (("networking", NETWORKING_CRDS), ("caching", CACHING_CRDS)):
         match = re.search(rf"^\s*knative\.dev/{dependency}\s+(\S+)", gomod, re.MULTILINE)
         if match is None:
@@ -350,12 +436,12 @@ def _knative(go: _Go, out: Path) -> None:
 
     go.write("go.mod", "module kindling.local/knative\n\ngo 1.25\n")
     imports = "\n".join(
-        f'\t_ "knative.dev/serving/{Path(f).parent}"' for f, _, _ in KNATIVE_COMMANDS.values()
+        f'\t_ "knative.dev/serving/{Path(f).parent}"' for f, _ in KNATIVE_COMMANDS.values()
     )
     go.write("tools.go", f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
     go("get", f"knative.dev/serving@{versions.KNATIVE_SERVING}")
     go("mod", "tidy")
-    for binary, (file, old, new) in KNATIVE_COMMANDS.items():
+    for binary, (file, patches) in KNATIVE_COMMANDS.items():
         package = go.workdir / "cmd" / binary
         package.mkdir(parents=True)
         for source in (serving / file).parent.glob("*.go"):
@@ -363,15 +449,28 @@ def _knative(go: _Go, out: Path) -> None:
                 shutil.copyfile(source, package / source.name)
         main = package / Path(file).name
         text = main.read_text()
-        if old not in text:
-            raise RuntimeError(f"knative.dev/serving {file} no longer has {old!r}: see tools.py")
-        main.write_text(text.replace(old, new, 1))
-        go(
-            "build",
-            "-trimpath",
-            "-ldflags",
-            "-s -w",
-            "-o",
-            str(out / "bin" / binary),
-            f"./cmd/{binary}",
-        )
+        for old, new in patches:
+            if old not in text:
+                raise RuntimeError(
+                    f"knative.dev/serving {file} no longer has {old!r}: see tools.py"
+                )
+            text = text.replace(old, new, 1)
+        main.write_text(text)
+    # One build for every binary: one link step each, in parallel, one cache.
+    go("build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "bin") + "/", "./cmd/...")
+
+
+# Each step of a build, in the order they run, and what it writes under the folder: what
+# a later folder may take from this one (`_build_into`).
+STEPS: dict[str, tuple[Step, tuple[str, ...]]] = {
+    "kubernetes": (
+        _kubernetes,
+        tuple(f"bin/{name}" for name in (*KUBERNETES_COMMANDS, "pause")),
+    ),
+    "etcd": (_etcd, ("bin/etcd",)),
+    "kwok": (_kwok, ("bin/kwok", "kwok")),
+    "helm": (_helm, ("bin/helm",)),
+    "knative": (_knative, (*(f"bin/{name}" for name in KNATIVE_COMMANDS), "crds", "knative")),
+    "coredns": (_coredns, ("bin/coredns",)),
+    "registry": (_registry, ("bin/registry",)),
+}

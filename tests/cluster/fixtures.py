@@ -104,6 +104,13 @@ def node_namespace(cluster: ControlPlane) -> Iterator[str]:
     name = f"n-{uuid.uuid4().hex[:8]}"
     cluster.create_namespace(name)
     yield name
+    # Knative Services first, their pods waited for: while a pod terminates, the namespace
+    # controller waits out its grace period (a Revision's timeoutSeconds, 300 s by default)
+    # before it looks at the namespace again.
+    cluster.kubectl(
+        "delete", "services.serving.knative.dev", "--all", "-n", name, "--cascade=foreground",
+        f"--timeout={SAFETY_S}s",
+    )  # fmt: skip
     cluster.kubectl("delete", "namespace", name, f"--timeout={SAFETY_S}s")
 
 

@@ -197,9 +197,10 @@ def test_a_knative_service_that_breaks_the_schema_is_refused(
     )
     with pytest.raises(subprocess.CalledProcessError) as refused:
         cluster.apply(broken)
-    # The API server's OpenAPI validation against the CRD's structural schema.
-    assert "spec.template.spec.containers" in refused.value.stderr
-    assert 'must be of type array: "string"' in refused.value.stderr
+    # Knative's defaulting webhook (mutating admission runs before the API server's
+    # validation against the CRD's structural schema) cannot even decode it.
+    assert 'admission webhook "webhook.serving.knative.dev" denied' in refused.value.stderr
+    assert "PodSpec.containers of type []v1.Container" in refused.value.stderr
 
 
 # -- RBAC and service-account tokens -------------------------------------------------------

@@ -64,7 +64,7 @@ def test_an_interrupted_build_leaves_nothing_that_looks_complete(
 ) -> None:
     env = {"KINDLING_CACHE_DIR": str(tmp_path)}
 
-    def half_build(out: Path, log: object) -> dict[str, float]:
+    def half_build(out: Path, *args: object) -> dict[str, float]:
         (out / "bin").mkdir()
         (out / "bin" / "etcd").write_text("half")
         raise RuntimeError("go build failed")
@@ -75,3 +75,69 @@ def test_an_interrupted_build_leaves_nothing_that_looks_complete(
     cluster_dir = tmp_path / "cluster"
     assert [p.name for p in cluster_dir.iterdir()] == [".build.lock"]
     assert tools.locate(env).missing()
+
+
+def _fake_steps(monkeypatch: pytest.MonkeyPatch, ran: list[str]) -> None:
+    """Steps that write their declared outputs without Go, and say that they ran."""
+
+    def fake(name: str, outputs: tuple[str, ...]) -> tools.Step:
+        def step(go: object, out: Path) -> None:
+            ran.append(name)
+            for output in outputs:
+                path = out / output
+                if output.startswith("bin/"):
+                    path.write_text(f"#!/bin/sh\n# {name}\n")
+                    path.chmod(0o755)
+                else:
+                    path.mkdir()
+                    (path / "file").write_text(name)
+
+        return step
+
+    steps = {name: (fake(name, outputs), outputs) for name, (_, outputs) in tools.STEPS.items()}
+    monkeypatch.setattr(tools, "STEPS", steps)
+
+
+def test_a_changed_recipe_rebuilds_that_step_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"KINDLING_CACHE_DIR": str(tmp_path)}
+    ran: list[str] = []
+    _fake_steps(monkeypatch, ran)
+    first = tools.build(env, log=lambda line: None)
+    assert ran == list(tools.STEPS)
+    ran.clear()
+    monkeypatch.setitem(versions.RECIPES, "knative", "next")
+    second = tools.build(env, log=lambda line: None)
+    assert second.root != first.root and second.missing() == []
+    assert ran == ["knative"]
+    # The rest is the first folder's files, linked: no copy.
+    assert second.bin("kubelet").stat().st_ino == first.bin("kubelet").stat().st_ino
+    assert (second.root / "kwok" / "file").stat().st_ino == (
+        first.root / "kwok" / "file"
+    ).stat().st_ino
+    assert second.bin("knative-controller").stat().st_ino != (
+        first.bin("knative-controller").stat().st_ino
+    )
+    stamp = json.loads((second.root / tools.STAMP).read_text())
+    assert stamp["steps"]["knative"] == versions.step_key("knative")
+
+
+@pytest.mark.parametrize("named_right", [True, False])
+def test_a_folder_from_before_per_step_recipes_is_taken_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named_right: bool
+) -> None:
+    """Folders built with the single recipe "4" have no step keys in their stamp: their
+    name proves what they hold, and a folder whose name does not match proves nothing."""
+    env = {"KINDLING_CACHE_DIR": str(tmp_path)}
+    name = versions.legacy_key(versions.ALL) if named_right else "k8s-renamed"
+    legacy = tmp_path / "cluster" / name
+    _fill(legacy)
+    for _, outputs in tools.STEPS.values():
+        for output in outputs:
+            if not output.startswith("bin/"):
+                (legacy / output).mkdir(parents=True)
+    ran: list[str] = []
+    _fake_steps(monkeypatch, ran)
+    assert tools.build(env, log=lambda line: None).missing() == []
+    assert ran == ([] if named_right else list(tools.STEPS))

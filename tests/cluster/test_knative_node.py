@@ -1,0 +1,147 @@
+"""Knative's data plane on the real node (cluster/knative.py): the activator and the webhook
+as pods from Knative's own manifests, a Revision's pods with the queue-proxy sidecar, and
+a request that arrives while the Revision is at zero held by the activator, the Revision
+woken, and the request answered.
+
+No ingress runs here: requests go where an ingress sends them, to the Revision's Service
+with the Knative-Serving-Namespace and Knative-Serving-Revision headers. The wait for the
+answer is the request itself; there is no clock in any assertion."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from kindling.cluster import knative, nodes, pki
+from kindling.cluster.controlplane import ControlPlane
+from kindling.cluster.processes import wait_until
+from tests.cluster.fixtures import SAFETY_S
+from tests.cluster.test_node import RESTRICTED, probe_image  # noqa: F401 - a fixture
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+SERVING = ("serving.knative.dev", "v1")
+
+
+def knative_service(name: str, image: str, annotations: dict[str, str]) -> dict[str, Any]:
+    """A Knative Service of the probe: it answers / with its pod's name."""
+    container = {
+        "image": image,
+        "args": ["serve"],
+        "ports": [{"containerPort": 8080}],
+        "securityContext": RESTRICTED,
+    }
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": annotations},
+                # A deleted pod's queue-proxy drains for 30 s (pkg/queue/sharedmain); its
+                # grace period is this timeout (300 s by default).
+                "spec": {"containers": [container], "timeoutSeconds": 10},
+            }
+        },
+    }
+
+
+def through_revision(address: str, namespace: str, revision: str) -> tuple[int, str]:
+    """One request as an ingress sends it: to the Revision's Service, naming the Revision
+    in Knative's headers (the activator routes by them while the Revision is at zero)."""
+    request = urllib.request.Request(
+        f"http://{address}/",
+        headers={"Knative-Serving-Namespace": namespace, "Knative-Serving-Revision": revision},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=SAFETY_S) as response:
+        return response.status, response.read().decode().strip()
+
+
+def test_the_activator_and_webhook_run_as_pods_on_the_real_node(
+    cluster: ControlPlane, api: Any
+) -> None:
+    pods = client.CoreV1Api(api).list_namespaced_pod(knative.NAMESPACE).items
+    by_app = {p.metadata.labels["app"]: p for p in pods}
+    assert set(by_app) == {"activator", "webhook"}
+    for pod in by_app.values():
+        assert pod.spec.node_name == nodes.REAL_NODE
+        assert pod.status.phase == "Running"
+        (image,) = [c.image for c in pod.spec.containers]
+        assert image.startswith(f"{cluster.registry}/knative-") and "@sha256:" in image
+    assert by_app["activator"].spec.service_account_name == "activator"
+
+
+def test_the_webhook_defaults_and_validates_knative_services(
+    cluster: ControlPlane,
+    node_namespace: str,
+    probe_image: str,  # noqa: F811
+) -> None:
+    bad = knative_service("bad", probe_image, {"autoscaling.knative.dev/min-scale": "-1"})
+    bad["metadata"]["namespace"] = node_namespace
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        cluster.apply(bad)
+    assert "validation.webhook.serving.knative.dev" in refused.value.stderr
+    good = knative_service("good", probe_image, {})
+    good["metadata"]["namespace"] = node_namespace
+    cluster.apply(good)
+    with cluster.api_client() as api:
+        made = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            *SERVING, node_namespace, "services", "good"
+        )
+    # The defaulting webhook records who created it: the admin certificate's user.
+    (admin, _) = pki.CLIENTS["admin"]
+    assert made["metadata"]["annotations"]["serving.knative.dev/creator"] == admin
+
+
+def test_a_request_at_zero_is_held_by_the_activator_and_answered(
+    cluster: ControlPlane,
+    node_namespace: str,
+    probe_image: str,  # noqa: F811
+) -> None:
+    """A Revision that starts at zero (initial-scale 0, allowed in this cluster's
+    config-autoscaler): its Service points at the activator; one request wakes it, waits
+    for the pod, and gets the pod's answer through its queue-proxy."""
+    annotations = {"autoscaling.knative.dev/initial-scale": "0"}
+    service = knative_service("hello", probe_image, annotations)
+    service["metadata"]["namespace"] = node_namespace
+    cluster.apply(service)
+    revision = "hello-00001"
+    # The Revision Ready at zero, its ServerlessService in proxy mode: the Revision's
+    # Service routes to the activator (the SKS itself is not Ready: no pod behind it).
+    sks = f"serverlessservice.networking.internal.knative.dev/{revision}"
+    for obj, condition in (
+        (f"revision/{revision}", "create"),
+        (f"revision/{revision}", "condition=Ready"),
+        (sks, "create"),
+        (sks, "jsonpath={.spec.mode}=Proxy"),
+    ):
+        cluster.kubectl(
+            "wait", f"--for={condition}", obj, "-n", node_namespace, f"--timeout={SAFETY_S}s"
+        )
+    with cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        assert not core.list_namespaced_pod(node_namespace).items
+        address = core.read_namespaced_service(revision, node_namespace).spec.cluster_ip
+        # kube-proxy has the Service's rules once a connection is accepted (the activator
+        # accepts it; nothing is woken before a request arrives).
+        wait_until(lambda: _connects(address, 80), f"kube-proxy's rules for {address}", [])
+        start = time.monotonic()
+        status, answer = through_revision(address, node_namespace, revision)
+        woken_s = time.monotonic() - start
+        (pod,) = [p for p in core.list_namespaced_pod(node_namespace).items if p.status.pod_ip]
+    assert status == 200 and answer == pod.metadata.name
+    assert pod.spec.node_name == nodes.REAL_NODE
+    assert [c.name for c in pod.spec.containers] == ["user-container", "queue-proxy"]
+    print(f"\nscale from zero, request to answer: {woken_s:.2f} s (probe image on the node)")
+
+
+def _connects(address: str, port: int) -> bool:
+    with socket.create_connection((address, port), timeout=SAFETY_S):
+        return True
