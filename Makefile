@@ -61,10 +61,11 @@ prometheus:
 	    [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	  else echo "prometheus missing: sudo apt-get install --no-install-recommends prometheus (the controller's live input tests will fail)"; fi; }
 
-# The cluster tier's binaries (kube-apiserver, controller-manager, scheduler, kubectl,
-# etcd, kwok, helm) and Knative Serving's CRDs, built from the Go module proxy into
-# $(KINDLING_CACHE_DIR)/cluster/<versions> (cluster/versions.py): ~10 minutes on
-# 2 cores the first time, nothing after.
+# The cluster tier's binaries (Kubernetes' control plane, kubelet and kube-proxy, etcd,
+# kwok, helm, CoreDNS, the registry, Knative Serving's five) and Knative's manifests, built
+# from the Go module proxy into $(KINDLING_CACHE_DIR)/cluster/<versions>
+# (cluster/versions.py): ~17 minutes on 2 cores the first time, then only a step whose
+# version or recipe changed, nothing when none did.
 cluster-tools: venv
 	$(BIN)/kindling cluster build
 

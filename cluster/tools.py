@@ -119,7 +119,7 @@ class Tools:
         if missing:
             raise ToolsMissing(
                 f"cluster tools missing: {', '.join(missing)}. Build them (the first time "
-                f"takes about 10 minutes on 2 cores, then they are cached): {BUILD_HINT}"
+                f"takes about 17 minutes on 2 cores, then they are cached): {BUILD_HINT}"
             )
         return self
 

@@ -37,6 +37,7 @@ from kindling.controller.raw import USER_REPLICAS, WARM_REPLICAS
 from tests.charts.render import CHART
 from tests.charts.test_cluster import INSTANCE, install, release_objects
 from tests.cluster.fixtures import APP_VERSION, SAFETY_S, watch_until
+from tests.cluster.test_knative_node import infer_through_revision, revision_at_zero
 from tests.cluster.test_node import infer_through_service
 from tests.conftest import SAMPLE_MODELS
 
@@ -202,39 +203,47 @@ def closed_loop_load(address: str, model: str, clients: int) -> Iterator[list[st
             t.join(SAFETY_S)
 
 
-def test_the_text_models_read_their_tables_from_the_charts_redis(
-    cluster: ControlPlane, node_namespace: str, registry: str, tmp_path: Path
-) -> None:
+@pytest.fixture
+def demo_tables(cluster: ControlPlane, node_namespace: str, tmp_path: Path) -> Iterator[list[Any]]:
+    """The demo tables' word2vec files on a PersistentVolume (hostPath: no provisioner
+    here), readable by the loader's non-root user, claimed in the test's namespace as
+    `vectors`: the loader's table list for them. The volume is deleted after the test."""
     from kindling.modelzoo.word_vectors import write_demo_vectors
 
-    # The demo tables' word2vec files on a PersistentVolume (hostPath: no provisioner
-    # here), readable by the loader's non-root user.
+    namespace = node_namespace
+
     vectors = tmp_path / "vectors"
     files = write_demo_vectors(vectors)
     for path in [tmp_path, vectors, *files.values()]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    volume = f"vectors-{node_namespace}"
+    volume = f"vectors-{namespace}"
     claim = {"accessModes": ["ReadOnlyMany"], "storageClassName": ""}
     cluster.apply(
         [
             {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
              "spec": {**claim, "capacity": {"storage": "1Gi"},
                       "hostPath": {"path": str(vectors), "type": "Directory"},
-                      "claimRef": {"namespace": node_namespace, "name": "vectors"}}},
+                      "claimRef": {"namespace": namespace, "name": "vectors"}}},
             {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-             "metadata": {"name": "vectors", "namespace": node_namespace},
+             "metadata": {"name": "vectors", "namespace": namespace},
              "spec": {**claim, "volumeName": volume,
                       "resources": {"requests": {"storage": "1Gi"}}}},
         ]
     )  # fmt: skip
-    values = {
+    yield [
+        {"name": name, "format": "word2vec-bin", "pvc": {"claimName": "vectors", "path": path.name}}
+        for name, path in sorted(files.items())
+    ]
+    cluster.kubectl("delete", "pvc", "vectors", "-n", namespace, "--wait=false")
+    cluster.kubectl("delete", "pv", volume, "--wait=false")
+
+
+def redis_values(registry: str, tables: list[Any]) -> dict[str, Any]:
+    """The chart's Redis (docker/Dockerfile.redis: Docker Hub's image cannot be pulled
+    here), its loader Jobs loading `tables`; the models at 100m CPU; no controller."""
+    return {
         "global": {"imageRegistry": registry},
-        "serving": {"mode": "raw"},
         "modelDefaults": {"resources": {"requests": {"cpu": "100m"}}},
-        "models": [
-            {"name": "kim_cnn", "embeddingTable": "demo300"},
-            {"name": "sm_cnn", "embeddingTable": "demo50"},
-        ],
         "controller": {"enabled": False},
         "redis": {
             "enabled": True,
@@ -243,25 +252,36 @@ def test_the_text_models_read_their_tables_from_the_charts_redis(
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                           "limits": {"memory": "256Mi"}},
         },
-        "embeddings": {
-            "loader": {
-                "tables": [
-                    {"name": name, "format": "word2vec-bin",
-                     "pvc": {"claimName": "vectors", "path": path.name}}
-                    for name, path in sorted(files.items())
-                ],
-                "resources": {"requests": {"cpu": "100m"}},
-            }
-        },
+        "embeddings": {"loader": {"tables": tables, "resources": {"requests": {"cpu": "100m"}}}},
     }  # fmt: skip
+
+
+def install_values(cluster: ControlPlane, namespace: str, values: Any, tmp_path: Path) -> None:
+    """helm install with a values file; helm waits for the post-install loader Jobs, so
+    the tables are in Redis when it returns."""
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
-    # helm waits for the post-install loader Jobs: the tables are in Redis when it returns.
     proc = cluster.helm(
-        "install", "kindling", str(CHART), "--namespace", node_namespace,
+        "install", "kindling", str(CHART), "--namespace", namespace,
         "--values", str(values_file), f"--timeout={SAFETY_S}s", check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_text_models_read_their_tables_from_the_charts_redis(
+    cluster: ControlPlane,
+    node_namespace: str,
+    registry: str,
+    demo_tables: list[Any],
+    tmp_path: Path,
+) -> None:
+    values = redis_values(registry, demo_tables)
+    values["serving"] = {"mode": "raw"}
+    values["models"] = [
+        {"name": "kim_cnn", "embeddingTable": "demo300"},
+        {"name": "sm_cnn", "embeddingTable": "demo50"},
+    ]
+    install_values(cluster, node_namespace, values, tmp_path)
     with cluster.api_client() as api:
         pods = all_ready(api, node_namespace, 3)  # Redis and the two text models
         services = client.CoreV1Api(api).list_namespaced_service(
@@ -283,11 +303,51 @@ def test_the_text_models_read_their_tables_from_the_charts_redis(
         )
     cluster.helm("uninstall", "kindling", "--namespace", node_namespace, "--wait",
                  f"--timeout={SAFETY_S}s")  # fmt: skip
-    cluster.kubectl("delete", "pvc", "vectors", "-n", node_namespace, "--wait=false")
-    cluster.kubectl("delete", "pv", volume, "--wait=false")
 
 
 def test_the_chart_values_a_person_types_are_the_ones_tested() -> None:
     """The README's command and this test's values are the same."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert f"--set {SMALL_CPU}" in readme
+
+
+def test_in_knative_mode_every_model_wakes_from_zero_and_answers(
+    cluster: ControlPlane,
+    node_namespace: str,
+    registry: str,
+    demo_tables: list[Any],
+    tmp_path: Path,
+) -> None:
+    """The chart's default models as Knative Services on the real node, with Redis and the
+    text models' tables: every Revision starts at zero (initialScale 0), and one request
+    each, sent as an ingress sends it, wakes it through the activator and is answered."""
+    values = redis_values(registry, demo_tables)
+    values["serving"] = {"mode": "knative"}
+    # A deleted pod's queue-proxy drains for 30 s within this grace period (the test's
+    # namespace goes at the end); a sample request takes well under a second.
+    values["modelDefaults"] |= {"autoscaling": {"initialScale": 0}, "timeoutSeconds": 10}
+    install_values(cluster, node_namespace, values, tmp_path)
+    with cluster.api_client() as api:
+        services = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            "serving.knative.dev", "v1", node_namespace, "services"
+        )["items"]
+    by_model = {s["metadata"]["labels"]["kindling.dev/model"]: s for s in services}
+    assert set(by_model) == set(SAMPLE_MODELS)
+    woken = {}
+    for model, service in sorted(by_model.items()):
+        revision = f"{service['metadata']['name']}-00001"
+        address = revision_at_zero(cluster, node_namespace, revision)
+        woken[model] = infer_through_revision(address, node_namespace, revision, model)
+    with cluster.api_client() as api:
+        pods = (
+            client.CoreV1Api(api)
+            .list_namespaced_pod(
+                node_namespace, label_selector=f"{INSTANCE},app.kubernetes.io/component=runtime"
+            )
+            .items
+        )
+    assert len(pods) == len(SAMPLE_MODELS)
+    assert {p.spec.node_name for p in pods} == {nodes.REAL_NODE}
+    print("\nrequest at zero -> answer, through the activator:")
+    for model, seconds in woken.items():
+        print(f"  {model:<14} {seconds:.2f} s")

@@ -113,25 +113,10 @@ def test_a_request_at_zero_is_held_by_the_activator_and_answered(
     service["metadata"]["namespace"] = node_namespace
     cluster.apply(service)
     revision = "hello-00001"
-    # The Revision Ready at zero, its ServerlessService in proxy mode: the Revision's
-    # Service routes to the activator (the SKS itself is not Ready: no pod behind it).
-    sks = f"serverlessservice.networking.internal.knative.dev/{revision}"
-    for obj, condition in (
-        (f"revision/{revision}", "create"),
-        (f"revision/{revision}", "condition=Ready"),
-        (sks, "create"),
-        (sks, "jsonpath={.spec.mode}=Proxy"),
-    ):
-        cluster.kubectl(
-            "wait", f"--for={condition}", obj, "-n", node_namespace, f"--timeout={SAFETY_S}s"
-        )
+    address = revision_at_zero(cluster, node_namespace, revision)
     with cluster.api_client() as api:
         core = client.CoreV1Api(api)
         assert not core.list_namespaced_pod(node_namespace).items
-        address = core.read_namespaced_service(revision, node_namespace).spec.cluster_ip
-        # kube-proxy has the Service's rules once a connection is accepted (the activator
-        # accepts it; nothing is woken before a request arrives).
-        wait_until(lambda: _connects(address, 80), f"kube-proxy's rules for {address}", [])
         start = time.monotonic()
         status, answer = through_revision(address, node_namespace, revision)
         woken_s = time.monotonic() - start
@@ -145,3 +130,43 @@ def test_a_request_at_zero_is_held_by_the_activator_and_answered(
 def _connects(address: str, port: int) -> bool:
     with socket.create_connection((address, port), timeout=SAFETY_S):
         return True
+
+
+def revision_at_zero(cluster: ControlPlane, namespace: str, revision: str) -> str:
+    """Wait until `revision` is Ready at zero, its Service routing to the activator (its
+    ServerlessService in proxy mode) and kube-proxy's rules for it written; its address."""
+    sks = f"serverlessservice.networking.internal.knative.dev/{revision}"
+    for obj, condition in (
+        (f"revision/{revision}", "create"),
+        (f"revision/{revision}", "condition=Ready"),
+        (sks, "create"),
+        (sks, "jsonpath={.spec.mode}=Proxy"),
+    ):
+        cluster.kubectl(
+            "wait", f"--for={condition}", obj, "-n", namespace, f"--timeout={SAFETY_S}s"
+        )
+    with cluster.api_client() as api:
+        service = client.CoreV1Api(api).read_namespaced_service(revision, namespace)
+    address = str(service.spec.cluster_ip)
+    # The activator accepts a connection; nothing is woken before a request arrives.
+    wait_until(lambda: _connects(address, 80), f"kube-proxy's rules for {address}", [])
+    return address
+
+
+def infer_through_revision(address: str, namespace: str, revision: str, model: str) -> float:
+    """The model's sample request (docker/check_image.py's) through the Revision's Service
+    with Knative's routing headers; seconds from sending it to the answer."""
+    import tritonclient.http as httpclient
+
+    from tests.docker.helpers import load
+
+    triton = httpclient.InferenceServerClient(f"{address}:80", network_timeout=SAFETY_S)
+    headers = {"Knative-Serving-Namespace": namespace, "Knative-Serving-Revision": revision}
+    try:
+        start = time.monotonic()
+        result = triton.infer(model, load("check_image").SAMPLE_REQUESTS[model](), headers=headers)
+        seconds = time.monotonic() - start
+    finally:
+        triton.close()
+    assert result.get_response()["model_name"] == model
+    return seconds

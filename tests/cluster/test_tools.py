@@ -140,4 +140,6 @@ def test_a_folder_from_before_per_step_recipes_is_taken_whole(
     ran: list[str] = []
     _fake_steps(monkeypatch, ran)
     assert tools.build(env, log=lambda line: None).missing() == []
-    assert ran == ([] if named_right else list(tools.STEPS))
+    # Only the steps whose recipe moved on since "4" are built.
+    newer = [step for step in tools.STEPS if versions.RECIPES[step] != "4"]
+    assert ran == (newer if named_right else list(tools.STEPS))
