@@ -102,7 +102,8 @@ def start(plane: ControlPlane) -> dict[str, str]:
 
     real = plane.node is not None
     pod_ip = nodes.REAL_NODE_IP if real else PLACEHOLDER_POD_IP
-    stats = f"{nodes.REAL_NODE_IP}:{free_port()}" if real else "127.0.0.1:0"
+    stats_port = free_port() if real else 0
+    stats = f"{nodes.REAL_NODE_IP if real else '127.0.0.1'}:{stats_port}"
     watched = []
     for name in ("knative-controller", "knative-autoscaler"):
         env = {
@@ -131,7 +132,7 @@ def start(plane: ControlPlane) -> dict[str, str]:
 
     wait_until(leading, "Knative's controller and autoscaler leading", watched)
     if real:
-        plane.apply(_autoscaler_service(int(stats.rsplit(":", 1)[1])))
+        plane.apply(_autoscaler_service(stats_port))
     return pushed
 
 

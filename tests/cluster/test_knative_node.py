@@ -29,8 +29,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 SERVING = ("serving.knative.dev", "v1")
 
 
-def knative_service(name: str, image: str, annotations: dict[str, str]) -> dict[str, Any]:
-    """A Knative Service of the probe: it answers / with its pod's name."""
+def knative_service(
+    name: str, namespace: str, image: str, annotations: dict[str, str]
+) -> dict[str, Any]:
+    """A Knative Service of the probe in `namespace`: it answers / with its pod's name."""
     container = {
         "image": image,
         "args": ["serve"],
@@ -40,7 +42,7 @@ def knative_service(name: str, image: str, annotations: dict[str, str]) -> dict[
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "template": {
                 "metadata": {"annotations": annotations},
@@ -52,12 +54,16 @@ def knative_service(name: str, image: str, annotations: dict[str, str]) -> dict[
     }
 
 
+def routing_headers(namespace: str, revision: str) -> dict[str, str]:
+    """What an ingress adds to name the Revision; the activator routes by them."""
+    return {"Knative-Serving-Namespace": namespace, "Knative-Serving-Revision": revision}
+
+
 def through_revision(address: str, namespace: str, revision: str) -> tuple[int, str]:
     """One request as an ingress sends it: to the Revision's Service, naming the Revision
     in Knative's headers (the activator routes by them while the Revision is at zero)."""
     request = urllib.request.Request(
-        f"http://{address}/",
-        headers={"Knative-Serving-Namespace": namespace, "Knative-Serving-Revision": revision},
+        f"http://{address}/", headers=routing_headers(namespace, revision)
     )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(request, timeout=SAFETY_S) as response:
@@ -83,13 +89,13 @@ def test_the_webhook_defaults_and_validates_knative_services(
     node_namespace: str,
     probe_image: str,  # noqa: F811
 ) -> None:
-    bad = knative_service("bad", probe_image, {"autoscaling.knative.dev/min-scale": "-1"})
-    bad["metadata"]["namespace"] = node_namespace
+    bad = knative_service(
+        "bad", node_namespace, probe_image, {"autoscaling.knative.dev/min-scale": "-1"}
+    )
     with pytest.raises(subprocess.CalledProcessError) as refused:
         cluster.apply(bad)
     assert "validation.webhook.serving.knative.dev" in refused.value.stderr
-    good = knative_service("good", probe_image, {})
-    good["metadata"]["namespace"] = node_namespace
+    good = knative_service("good", node_namespace, probe_image, {})
     cluster.apply(good)
     with cluster.api_client() as api:
         made = client.CustomObjectsApi(api).get_namespaced_custom_object(
@@ -109,8 +115,7 @@ def test_a_request_at_zero_is_held_by_the_activator_and_answered(
     config-autoscaler): its Service points at the activator; one request wakes it, waits
     for the pod, and gets the pod's answer through its queue-proxy."""
     annotations = {"autoscaling.knative.dev/initial-scale": "0"}
-    service = knative_service("hello", probe_image, annotations)
-    service["metadata"]["namespace"] = node_namespace
+    service = knative_service("hello", node_namespace, probe_image, annotations)
     cluster.apply(service)
     revision = "hello-00001"
     address = revision_at_zero(cluster, node_namespace, revision)
@@ -161,7 +166,7 @@ def infer_through_revision(address: str, namespace: str, revision: str, model: s
     from tests.docker.helpers import load
 
     triton = httpclient.InferenceServerClient(f"{address}:80", network_timeout=SAFETY_S)
-    headers = {"Knative-Serving-Namespace": namespace, "Knative-Serving-Revision": revision}
+    headers = routing_headers(namespace, revision)
     try:
         start = time.monotonic()
         result = triton.infer(model, load("check_image").SAMPLE_REQUESTS[model](), headers=headers)
