@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -15,6 +13,7 @@ from typing import Any, Protocol
 from kindling.runtime.dataplane import DataPlane
 from kindling.runtime.httpserver import App, HttpServer, Limits
 from kindling.runtime.model_loader import ModelLoader
+from kindling.runtime.serve import exit_now, exit_on_signal_during_start_up
 from kindling.runtime.settings import ServerSettings
 from kindling.runtime.telemetry import RuntimeMetrics
 
@@ -81,9 +80,7 @@ def exit_within(seconds: float, code: int = 0) -> None:
 
     def hard_exit() -> None:
         log.warning("still running %g s after the stop signal: exiting now", seconds)
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(code)
+        exit_now(code)
 
     timer = threading.Timer(seconds, hard_exit)
     timer.daemon = True
@@ -111,10 +108,6 @@ def run_app(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        if early:
-            name = signal.Signals(early[0]).name
-            print(f"kindling serve: {name} during start-up: exiting", file=sys.stderr, flush=True)
-            return 0
         server = HttpServer(app, loop, max_body, keep_alive_s, limits or Limits())
         app.startup()
         try:
@@ -144,12 +137,7 @@ def run_app(
             await app.shutdown()
         return 0
 
-    # From here until the loop's own handlers are in (above), a signal only leaves a note:
-    # the start-up handler's SystemExit (serve.py) raised inside uvloop's own set-up would
-    # leave the loop running and the process exiting 1 instead of 0.
-    early: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: early.append(signum))
+    exit_on_signal_during_start_up()  # until the loop's own handlers are in (above)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(serve_until_stopped())
 

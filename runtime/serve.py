@@ -49,18 +49,35 @@ def _has_models(root: Path) -> bool:
     )
 
 
-def _stop_during_start_up(signum: int, _frame: object) -> None:
+def exit_now(code: int) -> None:
+    """End the process at once, skipping the interpreter's finalization.
+
+    While the loader thread (a daemon) is still inside onnxruntime or numpy (importing,
+    building a session, waiting for another process's download), finalizing the
+    interpreter under it can abort the process (SIGABRT, exit -6) instead of exiting
+    with `code`. Nothing needs finalizing: a download in progress writes only to a file
+    that the next holder of its lock removes (fetch.py), and flock(2) locks are released
+    by the kernel."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def exit_on_signal_during_start_up() -> None:
     """SIGTERM or SIGINT before the event loop takes them over (run_app): nothing is
-    served yet, so there is nothing to drain; the loader and fetch threads are daemons.
-    Exit 0, as the drain after a SIGTERM does: Knative stops a pod that is still starting
-    (scale-down, a rollout) the same way as one serving, and neither is an error; 143
-    would show the pod as failed."""
-    print(
-        f"kindling serve: {signal.Signals(signum).name} during start-up: exiting",
-        file=sys.stderr,
-        flush=True,
-    )
-    raise SystemExit(0)
+    served yet, so there is nothing to drain. Exit 0, as the drain after a SIGTERM does:
+    Knative stops a pod that is still starting (scale-down, a rollout) the same way as one
+    serving, and neither is an error; 143 would show the pod as failed. Python's default
+    would kill the process on SIGTERM with no message, or raise KeyboardInterrupt on
+    SIGINT in whatever the main thread was doing (uvloop's own set-up included)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        print(f"kindling serve: {name} during start-up: exiting", file=sys.stderr)
+        exit_now(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
 
 
 def _no_blas_threads() -> None:
@@ -76,11 +93,8 @@ def _no_blas_threads() -> None:
 
 
 def main(argv: list[str]) -> int:
-    # Before anything slow starts (the imports below, the loader thread and its
-    # downloads): Python's default would kill the process on SIGTERM with no message,
-    # or raise KeyboardInterrupt on SIGINT in whatever the main thread was doing.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop_during_start_up)
+    # Before anything slow starts: the imports below, the loader thread and its downloads.
+    exit_on_signal_during_start_up()
     _no_blas_threads()
     from kindling.runtime.cpu import available_cpus
     from kindling.runtime.model_loader import ModelLoader
