@@ -61,8 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pod-overhead",
         type=float,
-        default=0.0,
-        help="seconds a cluster adds to each measured cold start (scheduling, image pull)",
+        help="seconds a cluster adds to each measured cold start (default: the median "
+        "measured on a real node, controller/data/pod_start.json; more with an image pull)",
     )
     p.add_argument(
         "--cpu-fractions",
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workload == "trace" and args.trace is None:
         parser().error("--workload trace needs --trace CSV")
     from kindling.advisor import pick, report, search, values
-    from kindling.controller import workloads
+    from kindling.controller import profiles, workloads
 
     try:
         workload = workloads.make(
@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             slo_p99_ms=args.slo_p99_ms,
             max_cold_ratio=args.max_cold_ratio,
             policy="knative-kpa" if args.no_controller else "kindling",
-            pod_overhead_s=args.pod_overhead,
+            pod_overhead_s=(
+                profiles.pod_start().median_s if args.pod_overhead is None else args.pod_overhead
+            ),
             memory_mib=args.memory_mib,
             cpu=args.cpu,
             cpu_fractions=args.cpu_fractions,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from kindling.cluster import images, nodes
-from kindling.cluster.node import host_service
+from kindling.cluster.node import CLUSTER_DOMAIN, DNS_SERVICE_IP, host_service
 from kindling.cluster.processes import SAFETY_S, free_port, wait_until
 
 if TYPE_CHECKING:
@@ -118,9 +118,12 @@ def start(plane: ControlPlane) -> dict[str, str]:
             "METRICS_PROMETHEUS_PORT": str(free_port()),
             "KINDLING_STATS_SERVER_ADDR": stats,
         }
+        args = [f"--kubeconfig={plane.kubeconfig}"]
+        binary = None
+        if real:
+            binary, args = _with_cluster_dns(plane, name, args)
         # Restarted when they exit, as their Deployments' pods would be.
-        process = plane.launch(name, [f"--kubeconfig={plane.kubeconfig}"], env, restart=True)
-        watched.append(process)
+        watched.append(plane.launch(name, args, env, restart=True, binary=binary))
 
     def leading() -> bool:
         from kubernetes import client
@@ -134,6 +137,25 @@ def start(plane: ControlPlane) -> dict[str, str]:
     if real:
         plane.apply(_autoscaler_service(stats_port))
     return pushed
+
+
+def _with_cluster_dns(plane: ControlPlane, name: str, args: list[str]) -> tuple[str, list[str]]:
+    """`name` run as a pod would resolve names: by the cluster's DNS (CoreDNS on the real
+    node, node.py), in a mount namespace of its own whose /etc/resolv.conf names it; the
+    host's is untouched. The autoscaler needs it: before a Revision scales to zero it
+    probes the activator through the Revision's Service by name (serving
+    pkg/reconciler/autoscaling/kpa/scaler.go, activatorProbe:
+    <revision>.<namespace>.svc.cluster.local), which the host's resolver does not know,
+    and without an answer no Revision ever scales to zero."""
+    resolv = plane.workdir / "knative-resolv.conf"
+    domain = CLUSTER_DOMAIN
+    resolv.write_text(
+        f"search {NAMESPACE}.svc.{domain} svc.{domain} {domain}\n"
+        f"nameserver {DNS_SERVICE_IP}\noptions ndots:5\n"
+    )
+    script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    wrapped = ["--mount", "--propagation", "private", "--", "sh", "-c", script, str(resolv)]
+    return "unshare", [*wrapped, str(plane.tools.bin(name)), *args]
 
 
 def start_data_plane(plane: ControlPlane, pushed: dict[str, str]) -> None:

@@ -133,24 +133,10 @@ class Node:
         wait_until(lambda: self._ctr("version").returncode == 0, "containerd", [process])
 
     def _ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return ctr(self.socket, *args)
 
     def remove_image(self, reference: str) -> None:
-        """Take an image off the node, content and unpacked layers too, so that the next
-        pull is cold (tests); absent is fine. The CRI keeps three names for one pulled
-        image (the tag, the repository digest, the image ID), all with one manifest digest:
-        every name with that digest goes, then containerd's garbage collection (--sync)."""
-        listing = self._ctr("images", "ls").stdout.splitlines()[1:]
-        rows = [line.split() for line in listing if line.strip()]
-        digests = {row[2] for row in rows if row[0] == reference}
-        names = [row[0] for row in rows if row[2] in digests]
-        if names:
-            self._ctr("images", "rm", "--sync", *names)
+        remove_image(self.socket, reference)
 
     def _import(self, archive: Path) -> None:
         done = self._ctr("images", "import", "--no-unpack", str(archive))
@@ -454,3 +440,26 @@ def host_service(
             "ports": [{"name": n, "port": t, "protocol": proto} for n, _, t, proto in ports],
         },
     ]
+
+
+def ctr(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """containerd's own client on the node's socket, in the CRI's namespace."""
+    return subprocess.run(
+        ["ctr", "--address", str(socket), "--namespace", "k8s.io", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def remove_image(socket: Path, reference: str) -> None:
+    """Take an image off the node, content and unpacked layers too, so that the next pull
+    is cold; absent is fine. The CRI keeps three names for one pulled image (the tag, the
+    repository digest, the image ID), all with one manifest digest: every name with that
+    digest goes, then containerd's garbage collection (--sync)."""
+    listing = ctr(socket, "images", "ls").stdout.splitlines()[1:]
+    rows = [line.split() for line in listing if line.strip()]
+    digests = {row[2] for row in rows if row[0] == reference}
+    names = [row[0] for row in rows if row[2] in digests]
+    if names:
+        ctr(socket, "images", "rm", "--sync", *names)

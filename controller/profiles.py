@@ -14,8 +14,11 @@ bench_runtime.py's `served_cold_start` does; service time is the latency of sequ
 requests at concurrency 1 on one keep-alive connection (benchclient.latencies), which is
 the whole time a request holds a pod whose containerConcurrency is 1.
 
-What it leaves out: a pod's scheduling, sandbox and image pull, which a cluster adds to
-the runtime's own cold start. The simulator takes an extra `pod_overhead_s` for those.
+What it leaves out: what a cluster adds to the runtime's own cold start (the autoscaler,
+scheduling, the kubelet's sandbox and its status report, the activator's routing). That is
+`data/pod_start.json`, measured by `kindling cluster cold-start --profile` on the test
+cluster's real node; `kindling controller simulate` and `kindling advise` add its median
+to every cold start unless `--pod-overhead` says otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 DATA_FILE = "profiles.json"
+POD_START_FILE = "pod_start.json"
 DEFAULT_MODEL = "mobilenet_v2"
 
 
@@ -71,12 +75,12 @@ class Profile:
         return rng.choice(np.asarray(self.service_s), size=n)
 
 
-def _data_path() -> Path:
+def _data_path(name: str = DATA_FILE) -> Path:
     # resolve(): the editable install links each file; the data folder is beside the source.
-    here = Path(__file__).resolve().parent / "data" / DATA_FILE
+    here = Path(__file__).resolve().parent / "data" / name
     if here.is_file():
         return here
-    return Path(str(resources.files("kindling.controller").joinpath("data", DATA_FILE)))
+    return Path(str(resources.files("kindling.controller").joinpath("data", name)))
 
 
 def load_all(path: Path | None = None) -> dict[str, Profile]:
@@ -97,6 +101,34 @@ def load(model: str = DEFAULT_MODEL, path: Path | None = None) -> Profile:
     if model not in profiles:
         raise ProfileError(f"no measured profile for {model!r} (have: {', '.join(profiles)})")
     return profiles[model]
+
+
+@dataclass(frozen=True)
+class PodStart:
+    """Seconds a cluster added to the runtime's own cold start, per measured cold start:
+    request to answer, less the runtime's exec to ready (`kindling cluster cold-start`)."""
+
+    overhead_s: tuple[float, ...]
+    source: str
+    """How and where it was measured, for the simulator's report."""
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.overhead_s))
+
+
+def pod_start(path: Path | None = None) -> PodStart:
+    """The measured pod start (default: the one shipped with the package)."""
+    source = path or _data_path(POD_START_FILE)
+    try:
+        doc = json.loads(source.read_text())
+        samples = tuple(float(v) for v in doc["overhead_s"])
+        where = f"{doc['command']} on {doc['node']}, {doc['date']}"
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ProfileError(f"{source}: not a pod-start file ({exc})") from exc
+    if not samples or any(not (v >= 0 and np.isfinite(v)) for v in samples):
+        raise ProfileError(f"{source}: overhead_s needs non-negative samples")
+    return PodStart(samples, where)
 
 
 # -- measuring ------------------------------------------------------------------------------

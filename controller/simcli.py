@@ -29,7 +29,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--margin-k", type=float, default=SimOptions.margin_k)
     p.add_argument("--forecaster", default="holt", choices=("holt", "ewma", "seasonal"))
     p.add_argument("--warmup", type=float, default=SimOptions.warmup_s, help="seconds not counted")
-    p.add_argument("--pod-overhead", type=float, default=0.0, help="added to each cold start, s")
+    p.add_argument(
+        "--pod-overhead",
+        type=float,
+        help="seconds a cluster adds to each cold start (default: the median measured on a "
+        "real node, controller/data/pod_start.json; 0 for the runtime's own cold start alone)",
+    )
     p.add_argument("--slo-ms", type=float, default=SimOptions.slo_ms)
     p.add_argument("--json", action="store_true", help="one JSON object per policy")
     p.add_argument("--plot", type=Path, metavar="DIR", help="a PNG timeline per policy")
@@ -41,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         profile = profiles.load(args.model, args.profiles)
+        overhead = args.pod_overhead
+        if overhead is None:
+            overhead = profiles.pod_start().median_s
         workload = workloads.make(
             args.workload, args.seed, args.duration, args.trace, args.function
         )
@@ -52,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         margin_k=args.margin_k,
         forecaster=args.forecaster,
         warmup_s=args.warmup,
-        pod_overhead_s=args.pod_overhead,
+        pod_overhead_s=overhead,
         slo_ms=args.slo_ms,
     )
     names = list(POLICIES) if args.policy == "all" else [args.policy]
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         title = (
             f"{workload.name}: {workload.description}; model {args.model}, seed {args.seed}, "
-            f"first {opts.warmup_s:g}s not counted"
+            f"first {opts.warmup_s:g}s not counted; {opts.pod_overhead_s:.3g} s of pod start "
+            "added to each cold start"
         )
         print(sim_report.table(results, title))
     if args.plot:

@@ -12,7 +12,10 @@ import sys
 import time
 
 # Process-level phases, then per-model ones, in the order they normally complete.
-PROCESS_PHASES = ("start", "imports", "ready")
+# `first_answer`: the first inference answer, the request that woke the pod; after
+# `ready`, it holds what a pod sees of its routing (the queue-proxy's and activator's
+# probes and forwarding) and of that request's inference.
+PROCESS_PHASES = ("start", "imports", "ready", "first_answer")
 MODEL_PHASES = ("fetched", "session", "warmup", "ready")
 
 

@@ -343,9 +343,13 @@ class DataPlane:
         return 0.0 if self._in_flight else time.monotonic() - self._last_finished
 
     def claim_cold(self) -> bool:
-        """True exactly once: for the first inference response of this process."""
-        cold, self._served_one = not self._served_one, True
-        return cold
+        """True exactly once: for the first inference response of this process, whose
+        time is marked (`first_answer`, runtime/coldstart.py)."""
+        if self._served_one:
+            return False
+        self._served_one = True
+        self.timeline.mark("first_answer")
+        return True
 
     # -- inference --------------------------------------------------------------------
 

@@ -34,6 +34,12 @@ class RuntimeMetrics:
             "Seconds from process exec to the end of each cold-start phase.",
             ("model", "phase"),
         )
+        # Prometheus' standard name (its client libraries' process collector): the exec's
+        # wall-clock time, which puts the phases above on a cluster's clock.
+        self.start_time = r.gauge(
+            "process_start_time_seconds", "Start time of the process since unix epoch in seconds."
+        )
+        self.start_time.set(value=timeline.started_at)
 
     def render(self) -> str:
         # Phases are copied in at scrape time: the timeline is the one source.

@@ -1,7 +1,11 @@
-"""kindling.env: the cache root, also for a user with no home directory."""
+"""kindling.env: the cache root, also for a user with no home directory; and what importing
+kindling sets for the libraries it loads."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,3 +31,15 @@ def test_a_user_with_no_home_gets_a_temp_folder(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
     assert default_cache_root() == Path(tempfile.gettempdir()) / "kindling-cache"
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "1"), ("0", "0")])
+def test_importing_kindling_turns_onnxruntimes_telemetry_off(given: str | None, seen: str) -> None:
+    """Unless the user says otherwise (core/__init__.py: onnxruntime >= 1.29 sends
+    telemetry from Linux by default)."""
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    if given is not None:
+        env["ORT_DISABLE_TELEMETRY"] = given
+    code = "import kindling, os; print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == seen, done.stderr

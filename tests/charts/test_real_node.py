@@ -32,12 +32,13 @@ import yaml
 from kubernetes import client
 
 from kindling.cluster import nodes
+from kindling.cluster.coldstart import revision_at_zero
 from kindling.cluster.controlplane import ControlPlane
 from kindling.controller.raw import USER_REPLICAS, WARM_REPLICAS
 from tests.charts.render import CHART
 from tests.charts.test_cluster import INSTANCE, install, release_objects
 from tests.cluster.fixtures import APP_VERSION, SAFETY_S, watch_until
-from tests.cluster.test_knative_node import infer_through_revision, revision_at_zero
+from tests.cluster.test_knative_node import infer_through_revision
 from tests.cluster.test_node import infer_through_service
 from tests.conftest import SAMPLE_MODELS
 
@@ -46,13 +47,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # This node's two cores: the chart's 500m per model would leave pods Pending.
 SMALL_CPU = "modelDefaults.resources.requests.cpu=100m"
-
-
-@pytest.fixture(scope="module")
-def registry(cluster: ControlPlane, pushed_images: dict[str, str]) -> str:
-    """The registry, once it holds the chart's images under its appVersion."""
-    assert cluster.registry is not None
-    return cluster.registry
 
 
 def all_ready(

@@ -133,10 +133,13 @@ def test_every_container_runs_with_the_security_defaults(render: Any, values: st
             assert context["seccompProfile"] == {"type": "RuntimeDefault"}
             assert container["resources"]["limits"]["memory"]
             assert container["resources"]["requests"]["cpu"]
-            # With a read-only root, /tmp is a volume (an emptyDir).
+            # With a read-only root, /tmp is a volume (an emptyDir); a runtime whose
+            # model is in its image writes nothing, and has no volume at all.
             mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
             if "/tmp" in mounts:
                 assert "emptyDir" in volumes[mounts["/tmp"]]
+            elif container["name"] == "runtime":
+                assert not mounts and not volumes, obj["metadata"]["name"]
             elif container["name"] != "fetch":  # curl writes only to its output volume
                 pytest.fail(f"{obj['metadata']['name']}/{container['name']} has no /tmp")
 
@@ -685,11 +688,22 @@ def test_the_model_cache_is_mounted_at_the_runtimes_cache_dir(render: Any) -> No
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volume = next(v for v in spec["volumes"] if v["name"] == mounts[cache])
         assert volume["hostPath"] == {"path": "/var/lib/kindling-cache", "type": "Directory"}
-    for service in runtimes(render("defaults.yaml")).values():
-        volume = next(
-            v for v in service["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache"
-        )
-        assert volume == {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}}
+    gpu = runtimes(render("gpu.yaml"))
+    volumes = gpu["resnet18"]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}} in volumes
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in volumes
+
+
+def test_a_model_baked_into_the_image_has_no_volume(render: Any) -> None:
+    """It writes nothing, so the kubelet need not wait on its volume manager (a 300 ms
+    poll) before starting it: kindling.runtime.writes."""
+    for service in [
+        *runtimes(render("defaults.yaml")).values(),
+        runtimes(render("gpu.yaml"))["squeezenet1_1"],
+    ]:
+        spec = service["spec"]["template"]["spec"]
+        assert "volumes" not in spec
+        assert "volumeMounts" not in runtime_container(service)
     pvc = render(
         "defaults.yaml",
         sets=(

@@ -81,6 +81,13 @@ def pushed_images(
     return pushed
 
 
+@pytest.fixture(scope="session")
+def registry(cluster: ControlPlane, pushed_images: dict[str, str]) -> str:
+    """The registry, once it holds the chart's images under its appVersion."""
+    assert cluster.registry is not None
+    return cluster.registry
+
+
 @pytest.fixture
 def api(cluster: ControlPlane) -> Iterator[Any]:
     with cluster.api_client() as client:

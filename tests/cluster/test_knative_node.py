@@ -9,7 +9,6 @@ answer is the request itself; there is no clock in any assertion."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,8 +18,8 @@ import pytest
 from kubernetes import client
 
 from kindling.cluster import knative, nodes, pki
+from kindling.cluster.coldstart import revision_at_zero, routing_headers
 from kindling.cluster.controlplane import ControlPlane
-from kindling.cluster.processes import wait_until
 from tests.cluster.fixtures import SAFETY_S
 from tests.cluster.test_node import RESTRICTED, probe_image  # noqa: F401 - a fixture
 
@@ -52,11 +51,6 @@ def knative_service(
             }
         },
     }
-
-
-def routing_headers(namespace: str, revision: str) -> dict[str, str]:
-    """What an ingress adds to name the Revision; the activator routes by them."""
-    return {"Knative-Serving-Namespace": namespace, "Knative-Serving-Revision": revision}
 
 
 def through_revision(address: str, namespace: str, revision: str) -> tuple[int, str]:
@@ -130,32 +124,6 @@ def test_a_request_at_zero_is_held_by_the_activator_and_answered(
     assert pod.spec.node_name == nodes.REAL_NODE
     assert [c.name for c in pod.spec.containers] == ["user-container", "queue-proxy"]
     print(f"\nscale from zero, request to answer: {woken_s:.2f} s (probe image on the node)")
-
-
-def _connects(address: str, port: int) -> bool:
-    with socket.create_connection((address, port), timeout=SAFETY_S):
-        return True
-
-
-def revision_at_zero(cluster: ControlPlane, namespace: str, revision: str) -> str:
-    """Wait until `revision` is Ready at zero, its Service routing to the activator (its
-    ServerlessService in proxy mode) and kube-proxy's rules for it written; its address."""
-    sks = f"serverlessservice.networking.internal.knative.dev/{revision}"
-    for obj, condition in (
-        (f"revision/{revision}", "create"),
-        (f"revision/{revision}", "condition=Ready"),
-        (sks, "create"),
-        (sks, "jsonpath={.spec.mode}=Proxy"),
-    ):
-        cluster.kubectl(
-            "wait", f"--for={condition}", obj, "-n", namespace, f"--timeout={SAFETY_S}s"
-        )
-    with cluster.api_client() as api:
-        service = client.CoreV1Api(api).read_namespaced_service(revision, namespace)
-    address = str(service.spec.cluster_ip)
-    # The activator accepts a connection; nothing is woken before a request arrives.
-    wait_until(lambda: _connects(address, 80), f"kube-proxy's rules for {address}", [])
-    return address
 
 
 def infer_through_revision(address: str, namespace: str, revision: str, model: str) -> float:

@@ -173,6 +173,24 @@ def test_cli_json_plot_and_pareto(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (tmp_path / "par" / "pareto-mmpp-40.png").stat().st_size > 0
 
 
+def test_the_cli_adds_the_measured_pod_start_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """controller/data/pod_start.json (`kindling cluster cold-start --profile` on the real
+    node) is the default overhead; --pod-overhead 0 is the runtime's own cold start."""
+    shipped = profiles.pod_start()
+    assert shipped.median_s > 0 and "kindling cluster cold-start" in shipped.source
+    argv = ["--workload", "mmpp-40", "--duration", "150", "--policy", "knative-kpa"]
+    assert simcli.main(argv) == 0
+    assert f"{shipped.median_s:.3g} s of pod start" in capsys.readouterr().out
+    assert simcli.main([*argv, "--pod-overhead", "0"]) == 0
+    assert "0 s of pod start" in capsys.readouterr().out
+    bad = tmp_path / "pod_start.json"
+    bad.write_text('{"overhead_s": [-1], "command": "c", "node": "n", "date": "d"}')
+    with pytest.raises(profiles.ProfileError, match="non-negative"):
+        profiles.pod_start(bad)
+
+
 def test_cli_bad_trace_is_a_usage_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("nope\n")

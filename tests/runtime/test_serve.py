@@ -244,6 +244,15 @@ def test_cold_start_header_true_once(model_repository, start_runtime):
     ]
     assert flags == ["true", "false", "false"]
     assert config["name"] == "squeezenet1_1"
+    # The first answer is marked, after ready: a pod's view of the request that woke it.
+    metrics = runtime.get("/metrics")[1].decode()
+    marks = {
+        phase: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        for phase in ("ready", "first_answer")
+        if line.startswith(f'kindling_cold_start_phase_seconds{{model="",phase="{phase}"}}')
+    }
+    assert 0 < marks["ready"] <= marks["first_answer"]
 
 
 def _read_head(sock: socket.socket) -> bytes:

@@ -131,16 +131,25 @@ checksum/redis-secret: {{ include "kindling.redis.checksum" .root }}
     failureThreshold: 3
   securityContext:
     {{- toYaml $root.Values.runtime.containerSecurityContext | nindent 4 }}
+  {{- if or (include "kindling.runtime.writes" .) $model.modelUri }}
   volumeMounts:
+    {{- if include "kindling.runtime.writes" . }}
     - name: tmp
       mountPath: /tmp
     - name: cache
       mountPath: {{ $root.Values.runtime.cacheDir }}
+    {{- end }}
     {{- if $model.modelUri }}
     - name: model-config
       mountPath: {{ include "kindling.model.repository" . }}
       readOnly: true
     {{- end }}
+  {{- end }}
+{{- end -}}
+
+{{/* kindling.runtime.writes: "true" when a model's pod writes files (a download, the node-level cache, a GPU model's engine caches), and so gets its scratch volumes. A model baked into the image writes nothing, and its pod has no volume at all: the kubelet then starts it without waiting on its volume manager, which polls every 300 ms (pkg/kubelet/volumemanager, podAttachAndMountRetryInterval), 0.15-0.3 s of a cold start on the real node (`kindling cluster cold-start`). */}}
+{{- define "kindling.runtime.writes" -}}
+{{- if or .model.modelUri .model.gpu .root.Values.modelCache.enabled }}true{{ end -}}
 {{- end -}}
 
 {{/* kindling.runtime.podSpec: scheduling, volumes and pull secrets of a model's pod (no containers). */}}
@@ -190,11 +199,14 @@ affinity:
 {{- if and $model.gpu $pool.runtimeClassName }}
 runtimeClassName: {{ $pool.runtimeClassName }}
 {{- end }}
+{{- if or (include "kindling.runtime.writes" .) $model.modelUri }}
 volumes:
+  {{- if include "kindling.runtime.writes" . }}
   - name: tmp
     emptyDir:
       sizeLimit: {{ $root.Values.runtime.tmpSizeLimit }}
   {{- include "kindling.cacheVolume" $root | nindent 2 }}
+  {{- end }}
   {{- if $model.modelUri }}
   - name: model-config
     configMap:
@@ -203,4 +215,5 @@ volumes:
         - key: config.yaml
           path: {{ $model.name }}/config.yaml
   {{- end }}
+{{- end }}
 {{- end -}}
