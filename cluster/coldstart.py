@@ -63,6 +63,7 @@ import yaml
 
 from kindling.cluster import node as node_module
 from kindling.cluster.processes import SAFETY_S, wait_until
+from kindling.controller.scrape import COLD_START
 from kindling.loadtest import requests
 
 CHART = Path(__file__).resolve().parents[1] / "charts" / "kindling"
@@ -87,7 +88,6 @@ PHASES = {
 KUBELET_OPERATIONS = ("run_podsandbox", "pull_image", "create_container", "start_container")
 KUBELET_METRIC = "kubelet_runtime_operations_duration_seconds_sum"
 RUNTIME_PORT = 8080  # the runtime's own port in the pod, beside the queue-proxy's
-PHASE_METRIC = "kindling_cold_start_phase_seconds"
 
 
 class Cluster(Protocol):
@@ -363,7 +363,7 @@ def runtime_marks(api: Any, namespace: str, pod: str, model: str) -> tuple[float
     for line in str(text).splitlines():
         if line.startswith("process_start_time_seconds "):
             started = float(line.split()[1])
-        elif line.startswith(PHASE_METRIC + "{"):
+        elif line.startswith(COLD_START + "{"):
             labels, value = line.rsplit(" ", 1)
             who = labels.split('model="', 1)[1].split('"', 1)[0]
             phase = labels.split('phase="', 1)[1].split('"', 1)[0]

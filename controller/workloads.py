@@ -8,6 +8,9 @@ rate per second (for the plots). A seed fixes everything.
   from loadtest.shapes' specs (the same generator the load tests send);
 - `step`: loadtest.shapes' StepShape (paper 002: 10 parallel requests a second, 10 more
   every 10 s);
+- `bursts`: loadtest.shapes' BurstsShape (bursts of Poisson arrivals, each after a silence
+  long enough for scale to zero), seed for seed the arrivals `kindling loadtest run
+  --workload bursts` sends, so a real run and its simulation see the same requests;
 - `diurnal`: a daily curve with bursts, compressed in time (below);
 - `trace`: per-minute invocation counts in the Azure Functions 2019 trace format
   (Shahrad et al., ATC'20; `HashOwner,HashApp,HashFunction,Trigger,1..1440`), each minute
@@ -30,14 +33,16 @@ import numpy as np
 from kindling.loadtest.mmpp import mmpp_arrivals
 from kindling.loadtest.shapes import (
     SCALE_TO_ZERO_S,
+    BurstsShape,
     MMPP40Shape,
     MMPP120Shape,
     MMPP200Shape,
     MMPPShape,
+    OpenLoopShape,
     StepShape,
 )
 
-NAMES = ("mmpp-40", "mmpp-120", "mmpp-200", "step", "diurnal", "trace")
+NAMES = ("mmpp-40", "mmpp-120", "mmpp-200", "step", "bursts", "diurnal", "trace")
 SAMPLE_TRACE = "azure-sample.csv"
 TRACE_HEAD = ["HashOwner", "HashApp", "HashFunction", "Trigger"]
 MINUTE_S = 60.0
@@ -90,9 +95,21 @@ def _step(seed: int, duration_s: float | None) -> Workload:
     shape = StepShape()
     if duration_s is not None:
         shape = StepShape(steps=max(1, int(duration_s // shape.step_s)))
+    return _planned(shape, seed)
+
+
+def _bursts(seed: int, duration_s: float | None) -> Workload:
+    shape = BurstsShape()
+    if duration_s is not None:  # as many whole periods (silence, burst) as fit
+        shape = BurstsShape(bursts=max(1, int(duration_s // (shape.gap_s + shape.burst_s))))
+    return _planned(shape, seed)
+
+
+def _planned(shape: OpenLoopShape, seed: int) -> Workload:
+    """An open-loop load-test shape's arrivals, as the load test sends them."""
     plan = shape.plan(seed)
     times = np.array([a.offset_s for a in plan.arrivals])
-    return Workload("step", times, plan.end_s, shape.describe())
+    return Workload(shape.name, times, plan.end_s, shape.describe())
 
 
 # The diurnal day, compressed: one simulated hour stands for a day (24x), so a two-day
@@ -269,6 +286,8 @@ def make(
         return _mmpp(shapes[name](), seed, duration_s)
     if name == "step":
         return _step(seed, duration_s)
+    if name == "bursts":
+        return _bursts(seed, duration_s)
     if name == "diurnal":
         return _diurnal(seed, duration_s)
     if name == "trace":

@@ -3,7 +3,8 @@
 Two families, after how the papers drove their servers:
 
 - open loop (`OpenLoopShape`): an arrival schedule fixed before the run (MMPP, step,
-  cold/warm, constant); Locust runs it through one dispatcher user (`driver.py`);
+  cold/warm, constant, bursts after silence); Locust runs it through one dispatcher user
+  (`driver.py`);
 - closed loop (`ClosedLoopShape`): C callers, each sending its next request when the last
   is answered (paper 000's fixed concurrency); Locust runs it as C users.
 
@@ -231,6 +232,34 @@ class ColdWarmShape(OpenLoopShape):
         return arrivals, windows
 
 
+class BurstsShape(OpenLoopShape):
+    """Bursts after silence, each long enough for scale to zero, at a fixed period.
+
+    Poisson arrivals at `rate` for `burst_s`, each burst after `gap_s` of nothing: a batch
+    job or a cron-driven client."""
+
+    name = "bursts"
+    # Paper 001's advice is pre-warming before bursts; a burst after a silence that
+    # emptied the pool is the case it is for. The gap is the scale-to-zero time (above),
+    # so every burst starts at zero pods unless something pre-warmed them; the period
+    # repeats, so a forecaster has something to learn.
+    bursts: int = 3
+    gap_s: float = SCALE_TO_ZERO_S
+    rate: float = 20.0
+    burst_s: float = 30.0
+
+    def timeline(self, rng: np.random.Generator) -> tuple[list[Arrival], Windows]:
+        arrivals: list[Arrival] = []
+        windows: Windows = {}
+        count = round(self.rate * self.burst_s)
+        for k in range(self.bursts):
+            start = self.gap_s + k * (self.gap_s + self.burst_s)
+            label = f"burst {k + 1}"
+            arrivals += uniform_arrivals(rng, count, start, start + self.burst_s, label)
+            windows[label] = [(start, start + self.burst_s)]
+        return arrivals, windows
+
+
 @dataclass(frozen=True)
 class Level:
     """One closed-loop stage: `users` callers from start to end (scaled seconds)."""
@@ -291,6 +320,7 @@ SHAPES: dict[str, type[Shape]] = {
         ClosedLoopShape,
         ColdWarmShape,
         ConstantShape,
+        BurstsShape,
     )
 }
 

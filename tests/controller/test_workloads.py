@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kindling.controller import workloads
-from kindling.loadtest.shapes import SCALE_TO_ZERO_S, MMPP200Shape
+from kindling.loadtest.shapes import SCALE_TO_ZERO_S, BurstsShape, MMPP200Shape, make_shape
 
 
 def test_mmpp_reuses_the_loadtest_generator_exactly() -> None:
@@ -41,6 +41,18 @@ def test_diurnal_and_step_are_seeded() -> None:
     assert night < noon
     step = workloads.make("step", seed=0)
     assert step.requests == sum(10 * (k + 1) * 10 for k in range(10))
+
+
+def test_bursts_are_the_load_tests_own_arrivals() -> None:
+    """The simulator's `bursts` is what `kindling loadtest run --workload bursts` sends
+    with the same seed, so a real run can be set beside its simulation."""
+    w = workloads.make("bursts", seed=7)
+    plan = make_shape("bursts").plan(7)
+    assert np.array_equal(w.arrivals, [a.offset_s for a in plan.arrivals])
+    assert w.end_s == plan.end_s
+    period = SCALE_TO_ZERO_S + BurstsShape.burst_s
+    longer = workloads.make("bursts", seed=7, duration_s=5 * period)
+    assert longer.requests == 5 * round(BurstsShape.rate * BurstsShape.burst_s)
 
 
 def test_unknown_workload_is_a_value_error() -> None:

@@ -1,4 +1,4 @@
-"""Step, constant, cold/warm and concurrency shapes: counts and rates per window."""
+"""Step, constant, cold/warm, bursts and concurrency shapes: counts and rates per window."""
 
 from __future__ import annotations
 
@@ -47,6 +47,19 @@ def test_constant_rate_is_poisson_with_an_exact_total():
     assert 0.7 < counts.var() / counts.mean() < 1.3  # Poisson: variance = mean
     gaps = np.diff(offsets(plan))
     assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.1)  # exponential gaps
+
+
+def test_bursts_follow_silences_long_enough_to_reach_zero():
+    plan = make_shape("bursts", bursts=2, rate=10.0, burst_s=20.0).plan(3)
+    gap = SCALE_TO_ZERO_S
+    assert plan.stage_windows == {
+        "burst 1": [(gap, gap + 20.0)],
+        "burst 2": [(2 * gap + 20.0, 2 * gap + 40.0)],
+    }
+    for label, [(start, end)] in plan.stage_windows.items():
+        inside = [a.offset_s for a in plan.arrivals if a.stage == label]
+        assert len(inside) == 200 and start <= min(inside) and max(inside) < end
+    assert plan.end_s == pytest.approx(max(offsets(plan)) + SCALE_TO_ZERO_S)
 
 
 def test_cold_warm_series_follows_paper_002():
