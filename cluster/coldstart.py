@@ -63,7 +63,7 @@ import yaml
 
 from kindling.cluster import node as node_module
 from kindling.cluster.processes import SAFETY_S, wait_until
-from kindling.controller.scrape import COLD_START
+from kindling.controller.scrape import COLD_START, ExpositionError, parse_exposition
 from kindling.loadtest import requests
 
 CHART = Path(__file__).resolve().parents[1] / "charts" / "kindling"
@@ -337,16 +337,14 @@ def kubelet_operations(api: Any, node: str) -> dict[str, float]:
 
     try:
         text = client.CoreV1Api(api).connect_get_node_proxy_with_path(node, "metrics")
-    except (client.ApiException, urllib3.exceptions.HTTPError):
+        samples = list(parse_exposition(str(text)))
+    except (client.ApiException, urllib3.exceptions.HTTPError, ExpositionError):
         return {}
     sums: dict[str, float] = {}
-    for line in str(text).splitlines():
-        if not line.startswith(KUBELET_METRIC + "{"):
-            continue
-        labels, value = line.rsplit(" ", 1)
-        for op in KUBELET_OPERATIONS:
-            if f'operation_type="{op}"' in labels:
-                sums[op] = sums.get(op, 0.0) + float(value)
+    for name, labels, value in samples:
+        op = dict(labels).get("operation_type")
+        if name == KUBELET_METRIC and op in KUBELET_OPERATIONS:
+            sums[op] = sums.get(op, 0.0) + value
     return sums
 
 
@@ -360,15 +358,13 @@ def runtime_marks(api: Any, namespace: str, pod: str, model: str) -> tuple[float
         f"{pod}:{RUNTIME_PORT}", namespace, "metrics"
     )
     started, marks = None, {}
-    for line in str(text).splitlines():
-        if line.startswith("process_start_time_seconds "):
-            started = float(line.split()[1])
-        elif line.startswith(COLD_START + "{"):
-            labels, value = line.rsplit(" ", 1)
-            who = labels.split('model="', 1)[1].split('"', 1)[0]
-            phase = labels.split('phase="', 1)[1].split('"', 1)[0]
-            if phase != "start" and who in ("", model):
-                marks[f"model_{phase}" if who else phase] = float(value)
+    for name, labels, value in parse_exposition(str(text)):
+        found = dict(labels)
+        who, phase = found.get("model", ""), found.get("phase", "")
+        if name == "process_start_time_seconds":
+            started = value
+        elif name == COLD_START and phase != "start" and who in ("", model):
+            marks[f"model_{phase}" if who else phase] = value
     if started is None or "ready" not in marks:
         raise RuntimeError(f"{pod}: no cold-start marks on the runtime's /metrics")
     return started, marks
