@@ -9,6 +9,9 @@ kindling cluster cold-start
                           against that cluster ($KUBECONFIG, $KINDLING_REGISTRY): a model
                           at zero, one request, the time to its answer, phase by phase,
                           repeated (cluster/coldstart.py)
+kindling cluster prewarm  against that cluster: a burst after silence with the pre-warm
+                          controller off and on, beside the simulator's prediction for
+                          the same arrivals (cluster/prewarm.py)
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from kindling.cluster import coldstart, images, nodes, tools
+from kindling.cluster import coldstart, images, nodes, prewarm, tools
+from kindling.loadtest.config import add_params_argument, params_of
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +78,21 @@ def _parser() -> argparse.ArgumentParser:
         help="write what the cluster added to each cold start as the simulator's pod-start "
         "profile (controller/data/pod_start.json is this, measured here)",
     )
+    warm = sub.add_parser(
+        "prewarm",
+        help="the pre-warm controller off and on, on real pods, beside the simulator",
+        description=prewarm.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    warm.add_argument("--model", default=coldstart.DEFAULT_MODEL, choices=coldstart.MODELS)
+    warm.add_argument("--seed", type=int, default=0, help="seeds the arrivals")
+    add_params_argument(
+        warm, "a parameter of the bursts workload (bursts, gap_s, rate, burst_s, tail_s)"
+    )
+    warm.add_argument("--arm", choices=[*prewarm.ARMS, "both"], default="both")
+    warm.add_argument("--json", action="store_true", help="print one JSON object")
+    warm.add_argument("--namespace", default=prewarm.NAMESPACE)
+    warm.add_argument("--tag", help="the images' tag (default: the chart's appVersion)")
     return parser
 
 
@@ -82,23 +103,36 @@ def _positive(text: str) -> int:
     return value
 
 
-def _cold_start(args: argparse.Namespace) -> int:
+class Usage(Exception):
+    """A command run without what it needs: exit 2 with the message."""
+
+
+@contextmanager
+def _from_env(command: str) -> Iterator[tuple[coldstart.Kubeconfig, str]]:
+    """The cluster in $KUBECONFIG and its registry, as `make cluster` prints them."""
     kubeconfig, registry = os.environ.get("KUBECONFIG"), os.environ.get("KINDLING_REGISTRY")
     if not kubeconfig or not registry:
-        print(
-            "kindling cluster cold-start: set KUBECONFIG and KINDLING_REGISTRY "
-            "(`make cluster` prints both)",
-            file=sys.stderr,
+        raise Usage(
+            f"kindling cluster {command}: set KUBECONFIG and KINDLING_REGISTRY "
+            "(`make cluster` prints both)"
         )
-        return 2
     found = tools.build()
     with tempfile.TemporaryDirectory() as helm_home:
-        target = coldstart.Kubeconfig(
-            Path(kubeconfig), found.bin("kubectl").parent, Path(helm_home)
+        yield (
+            coldstart.Kubeconfig(Path(kubeconfig), found.bin("kubectl").parent, Path(helm_home)),
+            registry,
         )
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _cold_start(args: argparse.Namespace) -> int:
+    with _from_env("cold-start") as (target, registry):
         report = coldstart.measure(
             target, registry, args.model, args.runs, args.pull, args.namespace, args.tag,
-            args.keep, log=lambda line: print(line, file=sys.stderr, flush=True),
+            args.keep, log=_log,
         )  # fmt: skip
     summary = report.summary()
     print(json.dumps(summary) if args.json else coldstart.render(summary))
@@ -106,6 +140,19 @@ def _cold_start(args: argparse.Namespace) -> int:
         command = f"kindling cluster cold-start --model {args.model} --runs {args.runs}"
         profile = coldstart.pod_start_profile(report, command + " --pull" * args.pull)
         args.profile.write_text(json.dumps(profile, indent=1) + "\n")
+    return 0
+
+
+def _prewarm(args: argparse.Namespace) -> int:
+    arms = tuple(prewarm.ARMS) if args.arm == "both" else (args.arm,)
+    params = params_of(args)
+    with _from_env("prewarm") as (target, registry):
+        report = prewarm.compare(
+            target, registry, args.model, args.seed, params, arms, args.namespace, args.tag,
+            log=_log,
+        )  # fmt: skip
+    summary = report.summary()
+    print(json.dumps(summary) if args.json else prewarm.render(summary))
     return 0
 
 
@@ -169,10 +216,22 @@ def _up(push: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    commands = {
+        "cold-start": lambda: _cold_start(args),
+        "prewarm": lambda: _prewarm(args),
+        "build": _build,
+        "up": lambda: _up(args.push),
+    }
     try:
-        if args.command == "cold-start":
-            return _cold_start(args)
-        return _build() if args.command == "build" else _up(args.push)
-    except tools.ToolsMissing as exc:
-        print(f"kindling cluster: {exc}", file=sys.stderr)
+        return commands[args.command]()
+    except Usage as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        # kubectl or helm refused: what they said, not a traceback.
+        print(f"kindling cluster {args.command}: {' '.join(exc.cmd[:3])}... failed:\n"
+              f"{(exc.stderr or '').strip()}", file=sys.stderr)  # fmt: skip
+        return 1
+    except (tools.ToolsMissing, RuntimeError, ValueError) as exc:
+        print(f"kindling cluster {args.command}: {exc}", file=sys.stderr)
         return 1

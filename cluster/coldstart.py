@@ -62,6 +62,7 @@ import numpy as np
 import yaml
 
 from kindling.cluster import node as node_module
+from kindling.cluster.controlplane import tool_env
 from kindling.cluster.processes import SAFETY_S, wait_until
 from kindling.controller.scrape import COLD_START, ExpositionError, parse_exposition
 from kindling.loadtest import requests
@@ -98,6 +99,8 @@ class Cluster(Protocol):
     def helm(self, *args: str, check: bool = True) -> Any: ...
 
     def api_client(self) -> Any: ...
+
+    def env(self) -> dict[str, str]: ...
 
 
 @dataclass
@@ -169,17 +172,16 @@ class Kubeconfig:
         self.bin_dir = bin_dir
         self.helm_home = helm_home
 
+    def env(self) -> dict[str, str]:
+        return tool_env(self.path, self.bin_dir, self.helm_home)
+
     def _run(self, tool: str, args: Sequence[str], input: str | None, check: bool) -> Any:
-        import os
         import subprocess
 
-        homes = {
-            f"HELM_{k}_HOME": str(self.helm_home / k.lower()) for k in ("CACHE", "CONFIG", "DATA")
-        }
-        env = {**os.environ, "KUBECONFIG": str(self.path), **homes}
         return subprocess.run(
             [str(self.bin_dir / tool), *args],
-            input=input, capture_output=True, text=True, env=env, timeout=SAFETY_S, check=check,
+            input=input, capture_output=True, text=True, env=self.env(), timeout=SAFETY_S,
+            check=check,
         )  # fmt: skip
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> Any:
@@ -425,8 +427,11 @@ def one_cold_start(
 # -- the measurement ----------------------------------------------------------------------------
 
 
-def chart_values(registry: str, model: str, tag: str | None) -> dict[str, Any]:
-    """One model in Knative mode, every Revision starting at zero, no controller."""
+def chart_values(
+    registry: str, model: str, tag: str | None, window: str | None = WINDOW
+) -> dict[str, Any]:
+    """One model in Knative mode, every Revision starting at zero, no controller; the
+    KPA's stable `window` (None: Knative's own, 60 s)."""
     values: dict[str, Any] = {
         "global": {"imageRegistry": registry},
         "serving": {"mode": "knative"},
@@ -437,7 +442,7 @@ def chart_values(registry: str, model: str, tag: str | None) -> dict[str, Any]:
             "autoscaling": {"initialScale": 0},
             "timeoutSeconds": 10,
             "resources": {"requests": {"cpu": "100m"}},
-            "podAnnotations": {"autoscaling.knative.dev/window": WINDOW},
+            "podAnnotations": {"autoscaling.knative.dev/window": window} if window else {},
         },
     }
     if tag:

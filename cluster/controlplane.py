@@ -137,14 +137,7 @@ class ControlPlane:
     def env(self) -> dict[str, str]:
         """The environment for kubectl and helm: this cluster, and helm's state kept out
         of the user's home."""
-        home = self.workdir / "helm"
-        return {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_DATA_HOME": str(home / "data"),
-        }
+        return tool_env(self.kubeconfig, self.tools.bin("kubectl").parent, self.workdir / "helm")
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
@@ -432,3 +425,15 @@ def _schedulable(node: Any) -> bool:
 
 def _as_list(manifest: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
     return manifest if isinstance(manifest, list) else [manifest]
+
+
+def tool_env(kubeconfig: Path, bin_dir: Path, helm_home: Path) -> dict[str, str]:
+    """The environment for kubectl, helm and what calls them (the load test's pod count):
+    the cluster in `kubeconfig`, the cached tools first on PATH, and helm's state kept out
+    of the user's home."""
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "KUBECONFIG": str(kubeconfig),
+        **{f"HELM_{k}_HOME": str(helm_home / k.lower()) for k in ("CACHE", "CONFIG", "DATA")},
+    }

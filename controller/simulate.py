@@ -59,6 +59,10 @@ class SimOptions:
     # deleted as a steady-state simulation does (Law & Kelton, "Simulation Modeling and
     # Analysis", warm-up period). 60 s: one KPA stable window, four Kindling samples.
     warmup_s: float = 60.0
+    # autoscaling.knative.dev/initial-scale: the pods up and ready at 0 (the Revision was
+    # created before the run), and the KPA's own starting scale. Knative's default 1; 0 for
+    # a Revision created at zero, as the chart's real runs compared with this one start.
+    initial_scale: int = 1
 
 
 @dataclass
@@ -102,6 +106,7 @@ def make_policy(name: str, profile: Profile, workload: Workload, opts: SimOption
         target_annotation=opts.kpa_target,
         min_scale=opts.min_scale,
         max_scale=opts.max_scale,
+        initial_scale=opts.initial_scale,
     )
     if name == "knative-kpa":
         return KnativeKpa(kpa_config)
@@ -148,7 +153,7 @@ def run_policy(
         opts.pod_overhead_s,
     )
     policy = make_policy(name, profile, workload, opts)
-    engine.run(policy)
+    engine.run(policy, opts.initial_scale)
     since = min(opts.warmup_s, workload.end_s)
     latency_ms = engine.latencies_s(since) * 1e3
     counted = engine.counted(since)

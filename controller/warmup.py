@@ -11,6 +11,13 @@ thread, so the control loop never waits on it. `base_url` (the KINDLING_WARMUP_U
 with {namespace} and {workload}) replaces the URL's scheme, host and port: tests, or a
 cluster whose ingress the controller reaches at another address; the Host header keeps the
 Service's own host (status.url), which is how Knative's ingress routes it.
+
+Each Revision that carries traffic gets its own request naming it in the headers an
+ingress adds for the activator (`Knative-Serving-Namespace`, `Knative-Serving-Revision`:
+serving pkg/activator/handler/context_handler.go routes by them), since the floor was
+raised on each: through an ingress they are what it would set itself (Kourier overwrites
+them), and without one (KINDLING_WARMUP_URL at the activator's Service) they are the
+route.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ class WarmUp:
         url = self.url(target)
         if url is None:
             return None
-        return self.fire(url, target.url)
+        return self.fire(url, target.url, target.ref.namespace, target.revisions)
 
     def url(self, target: Target) -> str | None:
         if self.base_url:
@@ -53,10 +60,13 @@ class WarmUp:
             return self.base_url.format(namespace=ref.namespace, workload=ref.workload)
         return target.url
 
-    def send(self, url: str, host_url: str | None = None) -> int | None:
-        """GET `path` at `url` with the Host of `host_url` (default: url's own); the status
-        code, or None when no answer came (refused, timed out). Never raises for a network
-        failure; a 3xx is returned as is, not followed."""
+    def send(
+        self, url: str, host_url: str | None = None, namespace: str = "", revision: str = ""
+    ) -> int | None:
+        """GET `path` at `url` with the Host of `host_url` (default: url's own), naming
+        `revision` for the activator when given; the status code, or None when no answer
+        came (refused, timed out). Never raises for a network failure; a 3xx is returned
+        as is, not followed."""
         connect = urllib.parse.urlsplit(url)
         host = urllib.parse.urlsplit(host_url).netloc if host_url else connect.netloc
         cls = (
@@ -64,12 +74,19 @@ class WarmUp:
         )
         conn = cls(connect.hostname or "", connect.port, timeout=self.timeout_s)
         try:
-            conn.request(
-                "GET", self.path, headers={"Host": host, "User-Agent": "kindling-controller"}
-            )
+            headers = {"Host": host, "User-Agent": "kindling-controller"}
+            if revision:
+                headers |= {
+                    "Knative-Serving-Namespace": namespace,
+                    "Knative-Serving-Revision": revision,
+                }
+            conn.request("GET", self.path, headers=headers)
             response = conn.getresponse()
             response.read(4096)
-            log.info("warm-up %s%s (Host %s): %d", url, self.path, host, response.status)
+            log.info(
+                "warm-up %s%s (Host %s, revision %s): %d",
+                url, self.path, host, revision or "-", response.status,
+            )  # fmt: skip
             return response.status
         except (OSError, http.client.HTTPException) as exc:
             log.info("warm-up %s%s: no answer (%s)", url, self.path, exc)
@@ -77,11 +94,20 @@ class WarmUp:
         finally:
             conn.close()
 
-    def fire(self, url: str, host_url: str | None = None) -> threading.Thread:
-        """`send` on a daemon thread."""
-        thread = threading.Thread(
-            target=self.send, args=(url, host_url), name="kindling-warmup", daemon=True
-        )
+    def fire(
+        self,
+        url: str,
+        host_url: str | None = None,
+        namespace: str = "",
+        revisions: tuple[str, ...] = (),
+    ) -> threading.Thread:
+        """`send` on a daemon thread, once per Revision (once if none is named)."""
+
+        def each() -> None:
+            for revision in revisions or ("",):
+                self.send(url, host_url, namespace, revision)
+
+        thread = threading.Thread(target=each, name="kindling-warmup", daemon=True)
         thread.start()
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         return thread

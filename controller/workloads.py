@@ -95,18 +95,19 @@ def _step(seed: int, duration_s: float | None) -> Workload:
     shape = StepShape()
     if duration_s is not None:
         shape = StepShape(steps=max(1, int(duration_s // shape.step_s)))
-    return _planned(shape, seed)
+    return from_shape(shape, seed)
 
 
 def _bursts(seed: int, duration_s: float | None) -> Workload:
     shape = BurstsShape()
     if duration_s is not None:  # as many whole periods (silence, burst) as fit
         shape = BurstsShape(bursts=max(1, int(duration_s // (shape.gap_s + shape.burst_s))))
-    return _planned(shape, seed)
+    return from_shape(shape, seed)
 
 
-def _planned(shape: OpenLoopShape, seed: int) -> Workload:
-    """An open-loop load-test shape's arrivals, as the load test sends them."""
+def from_shape(shape: OpenLoopShape, seed: int) -> Workload:
+    """An open-loop load-test shape's arrivals, as the load test sends them (the same
+    shape and seed: the same requests at the same offsets)."""
     plan = shape.plan(seed)
     times = np.array([a.offset_s for a in plan.arrivals])
     return Workload(shape.name, times, plan.end_s, shape.describe())

@@ -70,7 +70,7 @@ class RunConfig:
         return cls(**doc)
 
 
-def _number(text: str) -> Any:
+def number_or_text(text: str) -> Any:
     for parse in (int, float):
         try:
             return parse(text)
@@ -79,7 +79,7 @@ def _number(text: str) -> Any:
     return text
 
 
-def _key_value(text: str) -> tuple[str, str]:
+def key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -100,6 +100,19 @@ def _levels(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected a list like 5,10,20,30: {text!r}") from None
 
 
+def add_params_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """--set KEY=VALUE, repeated, into `params`: a workload's stage table overrides
+    (`params_of` turns them into the shape's keyword arguments)."""
+    parser.add_argument(
+        "--set", dest="params", action="append", type=key_value, default=[],
+        metavar="KEY=VALUE", help=help,
+    )  # fmt: skip
+
+
+def params_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: number_or_text(v) for k, v in args.params}
+
+
 def add_arguments(parser: argparse.ArgumentParser, with_target: bool = True) -> None:
     """The run's options; Locust's parser gets them without --target (it has --host)."""
     if with_target:
@@ -118,15 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser, with_target: bool = True) -> 
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the arrivals and the request contents"
     )
-    parser.add_argument(
-        "--set",
-        dest="params",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a workload parameter (see `kindling loadtest workloads`)",
-    )
+    add_params_argument(parser, "override a workload parameter (see `kindling loadtest workloads`)")
     parser.add_argument(
         "--concurrency",
         type=_levels,
@@ -228,7 +233,7 @@ def from_namespace(args: argparse.Namespace, target: str) -> RunConfig:
     """Build the config; raises ValueError with a message for the user."""
     if not args.model or not args.workload:
         raise ValueError("--model and --workload are required")
-    params: dict[str, Any] = {k: _number(v) for k, v in args.params}
+    params = params_of(args)
     if args.concurrency:
         params["levels"] = args.concurrency
     if args.gap is not None:

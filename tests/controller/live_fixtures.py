@@ -12,24 +12,18 @@ on demand.
 
 from __future__ import annotations
 
-import json
-import shutil
 import socket
 import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
-import yaml
 
-from kindling.cluster.processes import free_port
-from tests.conftest import stop_process
+from kindling.cluster import prometheus as prometheus_server
 
 # A safety net for waits on events that normally take a few scrape intervals.
 SAFETY_S = 60.0
@@ -59,91 +53,26 @@ class Target:
     pod: str
 
 
-@dataclass
-class PrometheusServer:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """The result vector of an instant query (the test's own look, independent of the
-        code under test)."""
-        params = urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?{params}", timeout=10) as r:
-            answer = json.loads(r.read())
-        assert answer["status"] == "success", answer
-        return answer["data"]["result"]
-
-    def value(self, promql: str) -> float | None:
-        """The single value of `promql`, or None while it has none."""
-        result = self.query(promql)
-        return float(result[0]["value"][1]) if len(result) == 1 else None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    assert found, "prometheus is not installed: run `make prometheus` (Debian's package)"
-    return found
+PrometheusServer = prometheus_server.Prometheus
 
 
 def version() -> str:
     out = subprocess.run(
-        [prometheus_binary(), "--version"], capture_output=True, text=True, check=True
+        [prometheus_server.binary(), "--version"], capture_output=True, text=True, check=True
     )
     return (out.stdout or out.stderr).splitlines()[0]
 
 
 def start_prometheus(workdir: Path, targets: list[Target]) -> PrometheusServer:
     """Prometheus on a free loopback port, ready (its /-/ready answers 200) on return."""
-    config = {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL},
-        "scrape_configs": [
-            {
-                "job_name": "kubernetes-pods",
-                "static_configs": [
-                    {"targets": [t.address], "labels": {"namespace": t.namespace, "pod": t.pod}}
-                    for t in targets
-                ],
-            }
+    job = {
+        "job_name": "kubernetes-pods",
+        "static_configs": [
+            {"targets": [t.address], "labels": {"namespace": t.namespace, "pod": t.pod}}
+            for t in targets
         ],
     }
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log_path = workdir / "prometheus.log"
-    command = [
-        prometheus_binary(),
-        f"--config.file={config_path}",
-        f"--storage.tsdb.path={workdir / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    server = PrometheusServer(process, port, log_path)
-
-    def ready() -> bool | None:
-        if process.poll() is not None:
-            raise RuntimeError(f"prometheus exited with {process.returncode}:\n{server.log()}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/-/ready", timeout=5) as r:
-                return True if r.status == 200 else None
-        except OSError:
-            return None
-
-    try:
-        wait_until(ready, "prometheus to be ready")
-    except BaseException:
-        stop_process(process)
-        raise
-    return server
+    return prometheus_server.start(workdir, [job], SCRAPE_INTERVAL)
 
 
 @pytest.fixture
@@ -160,7 +89,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[list[Target]], PrometheusSe
 
     yield start
     for server in started:
-        stop_process(server.process)
+        server.stop()
 
 
 # -- canned answers from a real loopback server --------------------------------------------

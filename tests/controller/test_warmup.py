@@ -18,6 +18,7 @@ from kindling.controller.warmup import READY_PATH, WarmUp
 
 class Seen(http.server.ThreadingHTTPServer):
     requests: list[tuple[str, str]]
+    revisions: list[tuple[str | None, str | None]]
     status: int
 
 
@@ -28,6 +29,12 @@ def _server(status: int, headers: dict[str, str]) -> Seen:
 
         def do_GET(self) -> None:
             server.requests.append((self.path, self.headers["Host"]))
+            server.revisions.append(
+                (
+                    self.headers["Knative-Serving-Namespace"],
+                    self.headers["Knative-Serving-Revision"],
+                )
+            )
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
@@ -36,6 +43,7 @@ def _server(status: int, headers: dict[str, str]) -> Seen:
 
     server = Seen(("127.0.0.1", 0), Handler)
     server.requests = []
+    server.revisions = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -48,8 +56,9 @@ def ok() -> Iterator[Seen]:
     server.server_close()
 
 
-def _target(url: str | None) -> Target:
-    return Target(ModelRef("ns", "kindling-resnet18", "resnet18"), 0, None, 1.0, ("r",), 0, url)
+def _target(url: str | None, revisions: tuple[str, ...] = ("r",)) -> Target:
+    ref = ModelRef("ns", "kindling-resnet18", "resnet18")
+    return Target(ref, 0, None, 1.0, revisions, 0, url)
 
 
 def test_one_get_of_the_readiness_path_with_the_services_host(ok: Seen) -> None:
@@ -59,6 +68,19 @@ def test_one_get_of_the_readiness_path_with_the_services_host(ok: Seen) -> None:
     assert thread is not None
     thread.join()
     assert ok.requests == [(READY_PATH, "kindling-resnet18.ns.svc.cluster.local")]
+    assert ok.revisions == [("ns", "r")]  # as an ingress names it for the activator
+
+
+def test_each_revision_with_traffic_is_woken_by_name(ok: Seen) -> None:
+    warmup = WarmUp(base_url=f"http://127.0.0.1:{ok.server_address[1]}")
+    thread = warmup(_target("http://kindling-resnet18.ns.svc.cluster.local", ("r-1", "r-2")))
+    assert thread is not None
+    thread.join()
+    assert ok.revisions == [("ns", "r-1"), ("ns", "r-2")]
+    thread = warmup(_target("http://kindling-resnet18.ns.svc.cluster.local", ()))
+    assert thread is not None
+    thread.join()
+    assert ok.revisions[2:] == [(None, None)]  # raw mode: no Revision to name
 
 
 def test_the_base_url_takes_namespace_and_workload(ok: Seen) -> None:
