@@ -89,7 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     add_params_argument(
         warm, "a parameter of the bursts workload (bursts, gap_s, rate, burst_s, tail_s)"
     )
-    warm.add_argument("--arm", choices=[*prewarm.ARMS, "both"], default="both")
+    warm.add_argument(
+        "--arm",
+        action="append",
+        choices=list(prewarm.ARMS),
+        help="an arm to run, repeated (default: all, in this order)",
+    )
     warm.add_argument("--json", action="store_true", help="print one JSON object")
     warm.add_argument("--namespace", default=prewarm.NAMESPACE)
     warm.add_argument("--tag", help="the images' tag (default: the chart's appVersion)")
@@ -144,7 +149,7 @@ def _cold_start(args: argparse.Namespace) -> int:
 
 
 def _prewarm(args: argparse.Namespace) -> int:
-    arms = tuple(prewarm.ARMS) if args.arm == "both" else (args.arm,)
+    arms = tuple(a for a in prewarm.ARMS if a in (args.arm or prewarm.ARMS))
     params = params_of(args)
     with _from_env("prewarm") as (target, registry):
         report = prewarm.compare(

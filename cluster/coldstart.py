@@ -224,22 +224,26 @@ def _connects(address: str, port: int) -> bool:
 def revision_at_zero(cluster: Cluster, namespace: str, revision: str) -> str:
     """Wait until `revision` is Ready at zero, its Service routing to the activator (its
     ServerlessService in proxy mode) and kube-proxy's rules for it written; its address."""
+    return revision_address(cluster, namespace, revision, at_zero=True)
+
+
+def revision_address(cluster: Cluster, namespace: str, revision: str, at_zero: bool) -> str:
+    """Wait until `revision` is Ready (`at_zero`: and at zero, as revision_at_zero) and
+    kube-proxy's rules for its Service are written; the Service's address."""
     from kubernetes import client
 
     sks = f"serverlessservice.networking.internal.knative.dev/{revision}"
-    for obj, condition in (
-        (f"revision/{revision}", "create"),
-        (f"revision/{revision}", "condition=Ready"),
-        (sks, "create"),
-        (sks, "jsonpath={.spec.mode}=Proxy"),
-    ):
+    waits = [(f"revision/{revision}", "create"), (f"revision/{revision}", "condition=Ready")]
+    if at_zero:
+        waits += [(sks, "create"), (sks, "jsonpath={.spec.mode}=Proxy")]
+    for obj, condition in waits:
         cluster.kubectl(
             "wait", f"--for={condition}", obj, "-n", namespace, f"--timeout={SAFETY_S:.0f}s"
         )
     with cluster.api_client() as api:
         service = client.CoreV1Api(api).read_namespaced_service(revision, namespace)
     address = str(service.spec.cluster_ip)
-    # The activator accepts a connection; nothing is woken before a request arrives.
+    # The activator (or a pod) accepts a connection; nothing is woken before a request.
     wait_until(lambda: _connects(address, 80), f"kube-proxy's rules for {address}", [])
     return address
 

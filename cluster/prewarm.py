@@ -13,6 +13,8 @@ activator and queue-proxy:
     on    the chart's controller beside it, as a pod on the node, reading a real
           Prometheus that scrapes the runtime pods through Kubernetes' pod discovery
           (cluster/prometheus.py pods_job), writing its floor on the live Revision
+    floor the KPA with `autoscaling.knative.dev/min-scale: 1` from the start: what a user
+          does instead with one annotation (the baseline a controller must beat)
 
 Per arm, from the run's own records: requests, errors, requests answered by a process's
 first inference (the runtime's `Kindling-Cold-Start` header; a pod the controller woke
@@ -66,10 +68,11 @@ NAMESPACE = "kindling-prewarm"
 WORKLOAD = "bursts"
 ARMS = {
     "off": "Knative's KPA alone",
+    "floor": "the KPA with min-scale 1 (one annotation: the strongest simple baseline)",
     "on": "the KPA with Kindling's controller",
 }
-# The simulator's policy for each arm.
-SIM_POLICY = {"off": "knative-kpa", "on": "kindling"}
+# The simulator's policy for each arm, and the Revision's min-scale (its initial scale too).
+SIM_POLICY = {"off": ("knative-kpa", 0), "floor": ("knative-kpa", 1), "on": ("kindling", 0)}
 # What the controller reads: Prometheus scrapes the pods every 5 s (a quarter of the
 # controller's 10 s interval, so each decision sees fresh samples).
 SCRAPE_INTERVAL = "5s"
@@ -104,10 +107,14 @@ class Report:
     slo_ms: float
     pod_overhead_s: float
     arms: list[Arm]
-    simulated: list[SimResult]
+    simulated: dict[str, SimResult]
+    """Per arm, the simulator's prediction for the same arrivals."""
 
     def summary(self) -> dict[str, Any]:
-        sims = [{k: v for k, v in r.to_json().items() if k != "timeline"} for r in self.simulated]
+        sims = {
+            arm: {k: v for k, v in r.to_json().items() if k != "timeline"}
+            for arm, r in self.simulated.items()
+        }
         return {
             "model": self.model,
             "workload": WORKLOAD,
@@ -126,11 +133,19 @@ class Report:
 
 
 def arm_values(
-    registry: str, model: str, tag: str | None, prometheus_url: str | None, pod_start_s: float
+    registry: str,
+    model: str,
+    tag: str | None,
+    prometheus_url: str | None,
+    pod_start_s: float,
+    min_scale: int = 0,
 ) -> dict[str, Any]:
-    """The chart's values: coldstart's one model at zero with Knative's own windows; with
-    `prometheus_url`, the controller too, told the measured pod start (the simulator's)."""
+    """The chart's values: coldstart's one model at zero with Knative's own windows (at
+    `min_scale`, and starting there, when above 0); with `prometheus_url`, the controller
+    too, told the measured pod start (the simulator's)."""
     values = coldstart.chart_values(registry, model, tag, window=None)
+    if min_scale:
+        values["modelDefaults"]["autoscaling"] = {"minScale": min_scale, "initialScale": min_scale}
     if prometheus_url:
         values["controller"] = {
             "enabled": True,
@@ -260,7 +275,8 @@ def run_arm(
     """One arm: the chart installed, its Revision at zero, the load test, the figures."""
     with coldstart.installed(cluster, namespace, values, keep=False) as service:
         revision = f"{service['metadata']['name']}-00001"
-        address = coldstart.revision_at_zero(cluster, namespace, revision)
+        at_zero = not values["modelDefaults"]["autoscaling"].get("minScale")
+        address = coldstart.revision_address(cluster, namespace, revision, at_zero)
         if values["controller"]["enabled"]:
             # Leading and reading before the first request, as it would be in a cluster
             # that has run for a while.
@@ -289,9 +305,9 @@ def run_arm(
 
 def simulate(
     model: str, seed: int, params: dict[str, Any], pod_overhead_s: float, slo_ms: float
-) -> list[SimResult]:
-    """The same arrivals under the simulator's KPA and Kindling, from zero pods, every
-    second counted, as the real arms run."""
+) -> dict[str, SimResult]:
+    """Each arm's policy on the same arrivals, from the arm's initial scale, every second
+    counted, as the real arms run."""
     workload = workloads.from_shape(make_shape(WORKLOAD, **params), seed)
     # The chart's autoscaling target (containerConcurrency 0, unbounded, so the target is
     # what the KPA aims at); the simulated pod serves that many requests at once.
@@ -300,10 +316,15 @@ def simulate(
     ]["target"]
     opts = replace(
         SimOptions(), pod_overhead_s=pod_overhead_s, slo_ms=slo_ms, warmup_s=0.0,
-        initial_scale=0, container_concurrency=int(target), kpa_target=float(target),
+        container_concurrency=int(target), kpa_target=float(target),
     )  # fmt: skip
     profile = profiles.load(model)
-    return [run_policy(SIM_POLICY[arm], workload, profile, seed, opts) for arm in ARMS]
+    return {
+        arm: run_policy(
+            policy, workload, profile, seed, replace(opts, min_scale=floor, initial_scale=floor)
+        )
+        for arm, (policy, floor) in SIM_POLICY.items()
+    }
 
 
 @contextmanager
@@ -343,13 +364,13 @@ def compare(
     params = dict(params or {})
     shape = make_shape(WORKLOAD, **params)  # refuses an unknown parameter before any install
     overhead = profiles.pod_start().median_s
-    report = Report(model, seed, params, shape.describe(), SLO_MS, overhead, [], [])
+    report = Report(model, seed, params, shape.describe(), SLO_MS, overhead, [], {})
     with tempfile.TemporaryDirectory(prefix="kindling-prewarm-") as folder:
         with pod_prometheus(cluster, namespace, Path(folder) / "prometheus") as prometheus:
             for arm in arms:
                 log(f"arm {arm} ({ARMS[arm]}): {shape.describe()}")
                 url = prometheus.url if arm == "on" else None
-                values = arm_values(registry, model, tag, url, overhead)
+                values = arm_values(registry, model, tag, url, overhead, SIM_POLICY[arm][1])
                 out = Path(folder) / arm
                 result = run_arm(cluster, arm, values, model, seed, params, out, SLO_MS, namespace)
                 report.arms.append(result)
@@ -362,25 +383,25 @@ def render(summary: dict[str, Any]) -> str:
     """--json's object as a person reads it: each arm measured, beside its simulation.
     `waited`: requests sent while no pod was Ready (the simulator's cold requests);
     `new pod`: answered by a process's first inference (the runtime's header)."""
-    sims = {s["policy"]: s for s in summary["simulated"]}
+    sims = summary["simulated"]
     lines = [
         f"{summary['model']} on {summary['node']}, {summary['workload']} (seed "
         f"{summary['seed']}): {summary['description']}",
         f"SLO {summary['slo_ms']:g} ms; the simulator adds {summary['pod_overhead_s']:.2f} s "
         "of measured pod start to each cold start",
         "",
-        f"{'arm':<4} {'':<10} {'requests':>8} {'errors':>6} {'waited':>6} {'new pod':>7} "
+        f"{'arm':<5} {'':<10} {'requests':>8} {'errors':>6} {'waited':>6} {'new pod':>7} "
         f"{'SLO miss':>8} {'p99 ms':>8} {'pod-s':>7} {'floor':>5}",
     ]
     for arm in summary["arms"]:
-        sim = sims[SIM_POLICY[arm["arm"]]]
+        sim = sims[arm["arm"]]
         lines.append(
-            f"{arm['arm']:<4} {'measured':<10} {arm['requests']:>8} {arm['errors']:>6} "
+            f"{arm['arm']:<5} {'measured':<10} {arm['requests']:>8} {arm['errors']:>6} "
             f"{arm['waited']:>6} {arm['cold']:>7} {arm['slo_violations']:>8} "
             f"{arm['p99_ms']:>8.0f} {arm['pod_seconds']:>7.0f} {arm['floor']:>5}"
         )
         lines.append(
-            f"{'':<4} {'simulated':<10} {sim['requests']:>8} {sim['unserved']:>6} "
+            f"{'':<5} {'simulated':<10} {sim['requests']:>8} {sim['unserved']:>6} "
             f"{sim['cold_requests']:>6} {'':>7} {sim['slo_violations']:>8} "
             f"{sim['p99_ms']:>8.0f} {sim['pod_seconds']:>7.0f} {'':>5}"
         )

@@ -36,8 +36,10 @@ def check(run: coldstart.Run) -> None:
 def test_a_model_woken_from_zero_is_timed_phase_by_phase(
     cluster: ControlPlane, registry: str
 ) -> None:
-    report = coldstart.measure(cluster, registry, "mobilenet_v2", runs=2, namespace="cs-measure")
-    assert len(report.runs) == 2
+    # One run after the new Revision's first: a Revision that served, scaled back to zero
+    # and woke again (the --pull test repeats the same path on another model).
+    report = coldstart.measure(cluster, registry, "mobilenet_v2", runs=1, namespace="cs-measure")
+    assert len(report.runs) == 1
     for run in report.runs:
         check(run)
         assert "pull_image" not in run.kubelet or run.kubelet["pull_image"] == 0

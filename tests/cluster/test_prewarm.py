@@ -143,7 +143,7 @@ def test_the_command_runs_both_arms_beside_the_simulator(
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "KINDLING_REGISTRY": registry}
     command = [
         sys.executable, "-m", "kindling", "cluster", "prewarm", "--json",
-        "--namespace", "pw-command", "--seed", "3",
+        "--namespace", "pw-command", "--seed", "3", "--arm", "on", "--arm", "off",
         *(a for k, v in SHORT.items() for a in ("--set", f"{k}={v}")),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
@@ -155,8 +155,9 @@ def test_the_command_runs_both_arms_beside_the_simulator(
         # The burst found the Revision at zero: a new process answered its first request.
         assert arm["cold"] >= 1 and arm["waited"] >= 1
         assert arm["pod_seconds"] > 0  # the API server listed the pod while it ran
-    assert [s["policy"] for s in summary["simulated"]] == ["knative-kpa", "kindling"]
-    assert all(s["requests"] == 10 for s in summary["simulated"])
+    assert set(summary["simulated"]) == set(prewarm.ARMS)  # every arm's prediction
+    assert summary["simulated"]["on"]["policy"] == "kindling"
+    assert all(s["requests"] == 10 for s in summary["simulated"].values())
     print("\n" + prewarm.render(summary))
 
 
@@ -186,10 +187,14 @@ def test_the_simulator_sees_the_arrivals_the_load_test_sends() -> None:
 
     plan = make_shape("bursts", **SHORT).plan(3)
     sims = prewarm.simulate(MODEL, 3, SHORT, profiles.pod_start().median_s, 250.0)
-    assert [s.policy for s in sims] == ["knative-kpa", "kindling"]
-    assert all(s.requests == len(plan.arrivals) for s in sims)
-    # From zero pods, as the real arms start: the burst's first request waits for a pod.
-    assert all(s.cold_requests >= 1 for s in sims)
+    assert {arm: s.policy for arm, s in sims.items()} == {
+        "off": "knative-kpa", "floor": "knative-kpa", "on": "kindling",
+    }  # fmt: skip
+    assert all(s.requests == len(plan.arrivals) for s in sims.values())
+    # From zero pods, as the real arms start: the burst's first request waits for a pod;
+    # under a floor of one that came up with the Revision, none does.
+    assert sims["off"].cold_requests >= 1 and sims["on"].cold_requests >= 1
+    assert sims["floor"].cold_requests == 0
 
 
 def test_the_load_test_is_sent_as_an_ingress_sends_it(tmp_path: Path) -> None:

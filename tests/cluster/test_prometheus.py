@@ -75,6 +75,7 @@ def test_pods_are_labelled_as_kubernetes_discovery_labels_them() -> None:
     assert labels["__meta_kubernetes_pod_label_app_kubernetes_io_name"] == "x"
 
 
+@pytest.mark.integration
 def test_the_pods_job_scrapes_annotated_running_pods_only(
     tmp_path: Path, metrics_port: int
 ) -> None:
