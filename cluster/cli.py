@@ -28,7 +28,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
+from typing import Any
 
 from kindling.cluster import coldstart, images, nodes, prewarm, tools
 from kindling.loadtest.config import add_params_argument, params_of
@@ -51,13 +52,10 @@ def _parser() -> argparse.ArgumentParser:
         help="a local podman image to push to the cluster's registry under its own name "
         "(localhost/kindling-runtime:dev becomes $KINDLING_REGISTRY/kindling-runtime:dev)",
     )
-    cold = sub.add_parser(
-        "cold-start",
-        help="measure a model's cold start from zero on the cluster in $KUBECONFIG",
-        description=coldstart.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cold.add_argument("--model", default=coldstart.DEFAULT_MODEL, choices=coldstart.MODELS)
+    cold = _measurement(
+        sub, "cold-start", "measure a model's cold start from zero on the cluster in $KUBECONFIG",
+        coldstart,
+    )  # fmt: skip
     cold.add_argument(
         "--runs", type=_positive, default=coldstart.DEFAULT_RUNS, help="cold starts measured"
     )
@@ -67,9 +65,6 @@ def _parser() -> argparse.ArgumentParser:
         help="take the image off the node before each run (the node's containerd on this "
         "machine, as `make cluster` runs it)",
     )
-    cold.add_argument("--json", action="store_true", help="print one JSON object")
-    cold.add_argument("--namespace", default=coldstart.NAMESPACE)
-    cold.add_argument("--tag", help="the runtime image's tag (default: the chart's appVersion)")
     cold.add_argument("--keep", action="store_true", help="leave the namespace in place")
     cold.add_argument(
         "--profile",
@@ -78,13 +73,10 @@ def _parser() -> argparse.ArgumentParser:
         help="write what the cluster added to each cold start as the simulator's pod-start "
         "profile (controller/data/pod_start.json is this, measured here)",
     )
-    warm = sub.add_parser(
-        "prewarm",
-        help="the pre-warm controller off and on, on real pods, beside the simulator",
-        description=prewarm.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    warm.add_argument("--model", default=coldstart.DEFAULT_MODEL, choices=coldstart.MODELS)
+    warm = _measurement(
+        sub, "prewarm", "the pre-warm controller off and on, on real pods, beside the simulator",
+        prewarm,
+    )  # fmt: skip
     warm.add_argument("--seed", type=int, default=0, help="seeds the arrivals")
     add_params_argument(
         warm, "a parameter of the bursts workload (bursts, gap_s, rate, burst_s, tail_s)"
@@ -95,9 +87,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=list(prewarm.ARMS),
         help="an arm to run, repeated (default: all, in this order)",
     )
-    warm.add_argument("--json", action="store_true", help="print one JSON object")
-    warm.add_argument("--namespace", default=prewarm.NAMESPACE)
-    warm.add_argument("--tag", help="the images' tag (default: the chart's appVersion)")
+    return parser
+
+
+def _measurement(sub: Any, name: str, help: str, module: ModuleType) -> argparse.ArgumentParser:
+    """A command measured on the cluster in $KUBECONFIG: its module's docstring as its
+    description, and the options every one has."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--model", default=coldstart.DEFAULT_MODEL, choices=coldstart.MODELS)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--namespace", default=module.NAMESPACE)
+    parser.add_argument("--tag", help="the images' tag (default: the chart's appVersion)")
     return parser
 
 
