@@ -159,7 +159,7 @@ def arm_values(
     return values
 
 
-class FloorWatch:
+class FloorWatch(Follow):
     """The highest floor the controller writes on a namespace's Revisions."""
 
     def __init__(self, api: Any, namespace: str) -> None:
@@ -168,7 +168,7 @@ class FloorWatch:
         self.highest = 0
         args = ("serving.knative.dev", "v1", namespace, "revisions")
         list_call = client.CustomObjectsApi(api).list_namespaced_custom_object
-        self._follow = Follow(list_call, args, self._note)
+        super().__init__(list_call, args, self._note)
 
     def _note(self, revisions: dict[str, Any]) -> None:
         for revision in revisions.values():
@@ -176,15 +176,8 @@ class FloorWatch:
             if floor.isdigit():
                 self.highest = max(self.highest, int(floor))
 
-    def __enter__(self) -> FloorWatch:
-        self._follow.__enter__()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._follow.__exit__(*exc)
-
-
-class ReadyWatch:
+class ReadyWatch(Follow):
     """When the Revision's Ready pods changed in number, on this machine's clock (the one
     the load test's `started_at` is on), from a watch of its pods."""
 
@@ -194,7 +187,7 @@ class ReadyWatch:
         self.changes: list[tuple[float, int]] = [(0.0, 0)]
         list_call = client.CoreV1Api(api).list_namespaced_pod
         selector = f"serving.knative.dev/revision={revision}"
-        self._follow = Follow(list_call, (namespace,), self._note, label_selector=selector)
+        super().__init__(list_call, (namespace,), self._note, label_selector=selector)
 
     def _note(self, pods: dict[str, Any]) -> None:
         ready = sum(1 for pod in pods.values() if _ready(pod))
@@ -205,13 +198,6 @@ class ReadyWatch:
         """Ready pods at `wall` (seconds since the epoch)."""
         times = [t for t, _ in self.changes]
         return self.changes[bisect.bisect_right(times, wall) - 1][1]
-
-    def __enter__(self) -> ReadyWatch:
-        self._follow.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._follow.__exit__(*exc)
 
 
 def _ready(pod: Any) -> bool:

@@ -109,7 +109,7 @@ def pod_targets(pods: Iterable[Any]) -> list[dict[str, Any]]:
     return groups
 
 
-class PodDiscovery:
+class PodDiscovery(Follow):
     """The pods of `namespace` as file discovery targets (`pods_job`), kept current from
     a watch (cluster/watches.py) and written whole on each change (a rename, so
     Prometheus never reads half a file)."""
@@ -119,19 +119,12 @@ class PodDiscovery:
 
         self.path = path
         self.path.write_text("[]")
-        self._follow = Follow(client.CoreV1Api(api).list_namespaced_pod, (namespace,), self._write)
+        super().__init__(client.CoreV1Api(api).list_namespaced_pod, (namespace,), self._write)
 
     def _write(self, pods: dict[str, Any]) -> None:
         partial = self.path.with_suffix(".partial")
         partial.write_text(json.dumps(pod_targets(pods.values())))
         os.replace(partial, self.path)
-
-    def __enter__(self) -> PodDiscovery:
-        self._follow.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._follow.__exit__(*exc)
 
 
 @dataclass

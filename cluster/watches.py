@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from kindling.cluster.processes import SAFETY_S
 
@@ -28,6 +28,9 @@ def _uid(obj: Any) -> str:
 
 
 class Follow:
+    """A set of objects followed on a thread while in its `with` block; subclasses keep
+    what they need of them in `changed`."""
+
     def __init__(
         self,
         list_call: Callable[..., Any],
@@ -68,7 +71,7 @@ class Follow:
                 current[_uid(event["object"])] = event["object"]
             self.changed(dict(current))
 
-    def __enter__(self) -> Follow:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
