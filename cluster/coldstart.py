@@ -565,6 +565,10 @@ def measure(
     if model not in MODELS:
         raise ValueError(f"cold-start measures {', '.join(MODELS)}; not {model!r}")
     values = chart_values(registry, model, tag)
+    if pull:
+        # The request waits for the pull too (3-5 s here, more on a loaded machine): the
+        # activator must hold it longer than the 10 s that bounds a run without one.
+        values["modelDefaults"]["timeoutSeconds"] = 60
     with installed(cluster, namespace, values, keep) as service, cluster.api_client() as api:
         (container,) = service["spec"]["template"]["spec"]["containers"]
         report = Report(model, container["image"], pull)
