@@ -99,7 +99,7 @@ def bench_loader(url: str, directory: Path, count: int, dim: int) -> None:
         for _ in reader.batches():
             pass
     parse = time.perf_counter() - started
-    settings = EmbeddingSettings(url=url, connect_timeout=5, socket_timeout=30)
+    settings = EmbeddingSettings(url=url).for_loading()
     backend = open_backend(settings)
     client = redis.Redis.from_url(url)
     print(f"  parse only                        {count / parse:>10,.0f} vectors/s")

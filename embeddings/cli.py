@@ -107,8 +107,7 @@ def _load(args: argparse.Namespace, settings: EmbeddingSettings) -> int:
     from kindling.embeddings.table_loader import load_table
 
     if args.timeout is None:
-        # Serving fails fast; a loader streaming 5 MB MSETs can wait for a busy server.
-        settings = settings.replace(connect_timeout=5.0, socket_timeout=30.0)
+        settings = settings.for_loading()
     vocab = read_vocab(args.vocab) if args.vocab else None
     backend = open_backend(settings)
     try:

@@ -189,6 +189,12 @@ class EmbeddingSettings:
     def replace(self, **changes: object) -> EmbeddingSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
+    def for_loading(self) -> EmbeddingSettings:
+        """These settings with a table loader's timeouts. Serving fails fast (250 ms); a
+        loader streams MSETs of 8,192 rows (10 MB at 300-d), which a busy server or a
+        loaded machine may take seconds to read, and a load that gives up is lost work."""
+        return self.replace(connect_timeout=5.0, socket_timeout=30.0)
+
     @property
     def location(self) -> StoreLocation:
         return parse_store_url(self.url, self.store_dir)

@@ -361,7 +361,7 @@ def text_store(workdir: Path) -> Iterator[tuple[dict[str, str], list[str]]]:
         server = None
     else:
         server = RedisServer(workdir / "redis").start()
-        backend = open_backend(EmbeddingSettings(url=server.url, socket_timeout=30))
+        backend = open_backend(EmbeddingSettings(url=server.url).for_loading())
         env = {"KINDLING_REDIS_URL": server.url}
     try:
         for table, path in vectors.items():

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{header} {'fetch share':>12}  paper 000")
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as redis:
-        backend = open_backend(EmbeddingSettings(url=redis.url))
+        backend = open_backend(EmbeddingSettings(url=redis.url).for_loading())
         for table, path in vectors.items():
             load_table(backend, table, path, "word2vec-bin", grace=0.0)
         backend.close()

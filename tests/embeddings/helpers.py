@@ -54,7 +54,7 @@ def load_file(
     settings: EmbeddingSettings, table: str, path: Path, fmt: str = "word2vec-bin"
 ) -> LoadReport:
     """Load a vector file into the store `settings` names (live at once, no grace period)."""
-    backend = open_backend(settings)
+    backend = open_backend(settings.for_loading())
     try:
         return load_table(backend, table, path, fmt, grace=0)
     finally:

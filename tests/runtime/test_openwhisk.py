@@ -647,7 +647,7 @@ def test_action_code_reads_redis_given_by_the_redis_flag(start_action, tmp_path)
     )
     server = RedisServer(tmp_path / "redis").start()
     try:
-        backend = open_backend(EmbeddingSettings(url=server.url))
+        backend = open_backend(EmbeddingSettings(url=server.url).for_loading())
         try:
             load_table(backend, "only_in_redis", glove, "glove", grace=0.0)
         finally:

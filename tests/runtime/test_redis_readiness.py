@@ -50,7 +50,7 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 def load_demo300(url: str) -> None:
     vectors = write_demo_vectors(default_cache() / "vectors")[TABLE]
-    backend = open_backend(EmbeddingSettings(url=url))
+    backend = open_backend(EmbeddingSettings(url=url).for_loading())
     try:
         load_table(backend, TABLE, vectors, "word2vec-bin", grace=0.0)
     finally:

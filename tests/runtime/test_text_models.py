@@ -31,7 +31,7 @@ def test_redis_outage_fails_fast_keeps_cached_words_and_recovers(
     vectors = write_demo_vectors(default_cache() / "vectors")["demo300"]
     redis = RedisServer(tmp_path / "redis", persistent=True).start()
     try:
-        backend = open_backend(EmbeddingSettings(url=redis.url))
+        backend = open_backend(EmbeddingSettings(url=redis.url).for_loading())
         load_table(backend, "demo300", vectors, "word2vec-bin", grace=0.0)
         backend.close()
         runtime = start_runtime(model_repository, models=("kim_cnn",), args=("--redis", redis.url))
