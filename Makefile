@@ -69,11 +69,12 @@ prometheus:
 cluster-tools: venv
 	$(BIN)/kindling cluster build
 
-# The real node's runtime from Debian (root only): containerd 1.6 and runc run the pods,
-# the CNI plugins put them on the node's bridge, iptables and conntrack serve kube-proxy.
-NODE_PACKAGES := containerd runc containernetworking-plugins iptables conntrack
+# The real node's part from Debian (root only): runc runs the pods (under the containerd
+# that cluster-tools builds), the CNI plugins put them on the node's bridge, iptables and
+# conntrack serve kube-proxy.
+NODE_PACKAGES := runc containernetworking-plugins iptables conntrack
 node-tools:
-	@{ command -v containerd && command -v runc && command -v conntrack && [ -x /usr/lib/cni/bridge ]; } >/dev/null || { \
+	@{ command -v runc && command -v conntrack && [ -x /usr/lib/cni/bridge ]; } >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(NODE_PACKAGES) >/dev/null; \
 	  else echo "the real node needs root and: sudo apt-get install $(NODE_PACKAGES)"; exit 1; fi; }
 

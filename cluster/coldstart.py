@@ -117,9 +117,10 @@ class Run:
     cold: bool
     """The runtime's Kindling-Cold-Start header: this was its process's first request."""
     reported_s: float
-    """From the runtime's exec to the pod's IP first in its status: the kubelet reports a
-    started pod at its next relist of the containers (its PLEG, every second), and neither
-    the activator nor the endpoints know the pod before that."""
+    """From the runtime's exec to the pod's IP first in its status: neither the activator
+    nor the endpoints know the pod before that. On containerd 1.6 this waited for the
+    kubelet's next relist of the containers (its generic PLEG, every second); README,
+    "Cold start on a node, end to end"."""
 
 
 @dataclass
@@ -540,7 +541,7 @@ def render(summary: dict[str, Any]) -> str:
         )
     lines.append(
         f"the pod's IP first in its status {summary['reported_s']:.3f} s after the runtime's "
-        "exec (the kubelet's relist, every 1 s)"
+        "exec (the kubelet's report of the started pod)"
     )
     for part, unit in (("kubelet", "seconds each"), ("runtime", "seconds from its exec")):
         if summary[part]:

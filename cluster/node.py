@@ -13,9 +13,12 @@ What this machine needs of each, found by trying (issue 19):
 - the pause image is built here from Kubernetes' own pause.c and imported under the name
   containerd's CRI expects; nothing is pulled from outside.
 
+containerd is built here (versions.CONTAINERD, tools.py), not Debian's 1.6: Kubernetes 1.35
+is the last release that supports containerd 1.x, and 2.x is what a current node runs.
+
 No image pull may leave the machine: containerd runs with HTTP(S)_PROXY pointing at a
-closed loopback port (Go's ProxyFromEnvironment, which both of containerd 1.6's registry
-transports use), so a name it does not have fails at once, without even a DNS look-up;
+closed loopback port (Go's ProxyFromEnvironment, which containerd's registry transports
+use), so a name it does not have fails at once, without even a DNS look-up;
 loopback registries are never proxied. Pods get no nameserver but cluster DNS (the
 kubelet's `resolvConf: ""`), and CoreDNS has no upstream: other names are NXDOMAIN.
 
@@ -27,13 +30,14 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kindling.cluster import hostnet, images, nodes, versions
+from kindling.cluster import hostnet, images, nodes, tools, versions
 from kindling.cluster.processes import Process, free_port, get, wait_until
 
 if TYPE_CHECKING:
@@ -47,7 +51,7 @@ CLUSTER_DOMAIN = "cluster.local"
 DNS_SERVICE_IP = "10.96.0.10"  # kubeadm's: the tenth address of the Service CIDR
 # A port nothing listens on: a proxied pull is refused at once (see the docstring).
 CLOSED_PROXY = "http://127.0.0.1:9"
-DEBIAN_PACKAGES = "containerd runc containernetworking-plugins iptables conntrack"
+DEBIAN_PACKAGES = "runc containernetworking-plugins iptables conntrack"
 
 
 class NodeBusy(RuntimeError):
@@ -68,9 +72,7 @@ class Node:
     def prepare_host(self) -> None:
         """Before the API server starts (it listens on the bridge): take the lock, clean up
         what a killed run left, and bring the bridge up."""
-        missing = [
-            b for b in ("containerd", "runc", "iptables", "conntrack") if not shutil.which(b)
-        ]
+        missing = [b for b in ("runc", "iptables", "conntrack") if not shutil.which(b)]
         if missing or not (CNI_BIN / "bridge").exists():
             raise RuntimeError(
                 f"the real node needs {', '.join(missing) or 'the CNI plugins'}: "
@@ -126,10 +128,10 @@ class Node:
             "HTTP_PROXY": CLOSED_PROXY,
             "HTTPS_PROXY": CLOSED_PROXY,
             "NO_PROXY": "127.0.0.1,localhost,::1",
+            # containerd finds its shim on PATH: ours, never another containerd's.
+            "PATH": f"{self.plane.tools.bin('containerd').parent}:{os.environ['PATH']}",
         }
-        process = self.plane.launch(
-            "containerd", ["--config", str(config)], env, binary=shutil.which("containerd")
-        )
+        process = self.plane.launch("containerd", ["--config", str(config)], env)
         wait_until(lambda: self._ctr("version").returncode == 0, "containerd", [process])
 
     def _ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -285,44 +287,55 @@ def clean(root: Path = ROOT) -> None:
 
 
 def _containerd_config(root: Path, socket: Path) -> str:
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    return f"""version = 2
+    """containerd 2.4's configuration, version 4 (`containerd config default`): the CRI's
+    image and runtime halves are plugins of their own. No imports: the host's
+    /etc/containerd/conf.d is not the node's. NRI is off: it would open a socket under
+    /var/run/nri, outside the node's folder, for plugins nobody runs here."""
+    images, runtime = '"io.containerd.cri.v1.images"', '"io.containerd.cri.v1.runtime"'
+    return f"""version = 4
 root = "{root}/containerd/root"
 state = "{root}/containerd/state"
+imports = []
 disabled_plugins = [
   "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs", "io.containerd.nri.v1.nri",
   "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
 ]
 
-[grpc]
+[plugins."io.containerd.server.v1.grpc"]
   address = "{socket}"
 
-[ttrpc]
+[plugins."io.containerd.server.v1.ttrpc"]
   address = "{socket}.ttrpc"
 
-[metrics]
+[plugins."io.containerd.server.v1.metrics"]
   address = ""
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
 
-[{cri}]
-  sandbox_image = "{PAUSE_IMAGE}"
+[plugins.{images}]
+  snapshotter = "overlayfs"
+  [plugins.{images}.pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+
+[plugins.{runtime}]
   # runc cannot lower oom_score_adj here: the machine withholds CAP_SYS_RESOURCE.
   restrict_oom_score_adj = true
+  [plugins.{runtime}.containerd]
+    default_runtime_name = "runc"
+    [plugins.{runtime}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.{runtime}.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins.{runtime}.cni]
+    bin_dirs = ["{CNI_BIN}"]
+    conf_dir = "{root}/cni/net.d"
+
+[plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
-  [{cri}.containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [{cri}.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [{cri}.containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [{cri}.cni]
-    bin_dir = "{CNI_BIN}"
-    conf_dir = "{root}/cni/net.d"
 """
 
 
@@ -443,9 +456,11 @@ def host_service(
 
 
 def ctr(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """containerd's own client on the node's socket, in the CRI's namespace."""
+    """containerd's own client, built with it, on the node's socket in the CRI's
+    namespace."""
+    binary = tools.locate().bin("ctr")
     return subprocess.run(
-        ["ctr", "--address", str(socket), "--namespace", "k8s.io", *args],
+        [str(binary), "--address", str(socket), "--namespace", "k8s.io", *args],
         capture_output=True,
         text=True,
         timeout=120,

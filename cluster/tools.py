@@ -4,8 +4,9 @@
 
     bin/      etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet
               kube-proxy kwok helm coredns registry, Knative Serving's controller,
-              autoscaler, activator, queue-proxy and webhook (knative-*), and pause (the
-              pod sandbox's process, from Kubernetes' own pause.c)
+              autoscaler, activator, queue-proxy and webhook (knative-*), pause (the pod
+              sandbox's process, from Kubernetes' own pause.c), and the node's containerd,
+              containerd-shim-runc-v2 and ctr
     crds/     the Knative Serving CRDs (serving, networking and caching modules)
     knative/  Knative Serving's namespace and config maps, for its controller and
               autoscaler; data-plane/: the activator's and webhook's manifests
@@ -55,6 +56,9 @@ BINARIES = (
     "coredns",
     "registry",
     "pause",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "ctr",
 )
 KUBERNETES_COMMANDS = BINARIES[1:7]
 STAMP = "BUILT"
@@ -324,13 +328,13 @@ def _etcd(go: _Go, out: Path) -> None:
     go("build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "bin" / "etcd"), ".")
 
 
-def _go_install(go: _Go, out: Path, package: str, ldflags: str) -> None:
+def _go_install(go: _Go, out: Path, ldflags: str, *packages: str) -> None:
     go.env["GOBIN"] = str(out / "bin")
-    go("install", "-trimpath", "-ldflags", ldflags, package)
+    go("install", "-trimpath", "-ldflags", ldflags, *packages)
 
 
 def _kwok(go: _Go, out: Path) -> None:
-    _go_install(go, out, f"sigs.k8s.io/kwok/cmd/kwok@{versions.KWOK}", "-s -w")
+    _go_install(go, out, "-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{versions.KWOK}")
     module, _ = go.module("sigs.k8s.io/kwok", versions.KWOK)
     (out / "kwok").mkdir()
     docs = [(module / stage).read_text().strip() for stage in KWOK_STAGES]
@@ -338,18 +342,27 @@ def _kwok(go: _Go, out: Path) -> None:
 
 
 def _coredns(go: _Go, out: Path) -> None:
-    _go_install(go, out, f"github.com/coredns/coredns@{versions.COREDNS}", "-s -w")
+    _go_install(go, out, "-s -w", f"github.com/coredns/coredns@{versions.COREDNS}")
 
 
 def _registry(go: _Go, out: Path) -> None:
     """The CNCF distribution registry, which the cluster's node pulls the images from."""
     package = f"github.com/distribution/distribution/v3/cmd/registry@{versions.REGISTRY}"
-    _go_install(go, out, package, "-s -w")
+    _go_install(go, out, "-s -w", package)
+
+
+def _containerd(go: _Go, out: Path) -> None:
+    """containerd, its runc shim (which it finds on PATH) and `ctr`, in one `go install`.
+    Without cgo the btrfs snapshotter is left out, which the node disables anyway."""
+    module = "github.com/containerd/containerd/v2"
+    stamp = f"-s -w -X {module}/version.Version={versions.CONTAINERD.lstrip('v')}"
+    commands = ("containerd", "containerd-shim-runc-v2", "ctr")
+    _go_install(go, out, stamp, *(f"{module}/cmd/{c}@{versions.CONTAINERD}" for c in commands))
 
 
 def _helm(go: _Go, out: Path) -> None:
     stamp = f"-s -w -X helm.sh/helm/v4/internal/version.version={versions.HELM}"
-    _go_install(go, out, f"helm.sh/helm/v4/cmd/helm@{versions.HELM}", stamp)
+    _go_install(go, out, stamp, f"helm.sh/helm/v4/cmd/helm@{versions.HELM}")
 
 
 # Knative Serving's binaries. The controller and autoscaler run as plain processes beside
@@ -473,4 +486,8 @@ STEPS: dict[str, tuple[Step, tuple[str, ...]]] = {
     "knative": (_knative, (*(f"bin/{name}" for name in KNATIVE_COMMANDS), "crds", "knative")),
     "coredns": (_coredns, ("bin/coredns",)),
     "registry": (_registry, ("bin/registry",)),
+    "containerd": (
+        _containerd,
+        ("bin/containerd", "bin/containerd-shim-runc-v2", "bin/ctr"),
+    ),
 }

@@ -40,6 +40,13 @@ COREDNS = "v1.14.2"
 # The loopback image registry the real node pulls from (CNCF distribution).
 REGISTRY = "v3.1.2"
 
+# The node's container runtime, built here rather than Debian's 1.6.20 (bookworm):
+# Kubernetes 1.35 is the last release that supports containerd 1.x (its release notes;
+# EKS's "Kubernetes 1.35"), and 1.7+ is what the kubelet's evented PLEG needs (KEP-3386),
+# which README's cold-start section measured. 2.x keeps cgroup v1, which this machine
+# has (deprecated in 2.2, kept to May 2029: containerd's RELEASES.md).
+CONTAINERD = "v2.4.2"
+
 ALL: dict[str, str] = {
     "kubernetes": KUBERNETES,
     "etcd": ETCD,
@@ -49,6 +56,7 @@ ALL: dict[str, str] = {
     "pause": PAUSE,
     "coredns": COREDNS,
     "registry": REGISTRY,
+    "containerd": CONTAINERD,
 }
 
 # What each of tools.py's build steps is built from (names in ALL).
@@ -60,6 +68,7 @@ STEP_PINS: dict[str, tuple[str, ...]] = {
     "knative": ("knative-serving",),
     "coredns": ("coredns",),
     "registry": ("registry",),
+    "containerd": ("containerd",),
 }
 
 # Bumped when the way a step builds changes, not only what it builds from. A new folder
