@@ -34,7 +34,8 @@ class KnativeKpa:
 
     name = "knative-kpa"
 
-    def __init__(self, config: KpaConfig | None = None) -> None:
+    def __init__(self, config: KpaConfig | None = None, name: str = "knative-kpa") -> None:
+        self.name = name  # "kpa-static-floor": the same KPA with a user's fixed min-scale
         self.config = config or KpaConfig(container_concurrency=1)
         self.kpa = Kpa(self.config)
         self._recorded: float | None = None  # the second a poke already recorded
@@ -244,7 +245,7 @@ class Kindling(KnativeKpa):
     name: str = "kindling"
 
     def __post_init__(self) -> None:
-        KnativeKpa.__init__(self, self.config)
+        KnativeKpa.__init__(self, self.config, self.name)
         if self.forecaster is None:
             from kindling.controller.forecast import Holt
 

@@ -42,6 +42,7 @@ class Pod:
     draining: bool = False
     removed: float | None = None
     listed: bool = False  # in Engine.free_ready
+    prestarted: bool = False  # up before the run (the initial scale): never a start
 
 
 class Policy(Protocol):
@@ -73,6 +74,7 @@ class Engine:
         cold_start_samples: np.ndarray,
         container_concurrency: int = 1,
         pod_overhead_s: float = 0.0,
+        drain_s: float = 0.0,
     ) -> None:
         if len(arrivals) != len(service_s):
             raise ValueError("one service time per arrival")
@@ -83,6 +85,9 @@ class Engine:
         self._rng = cold_start
         self._cold_samples = cold_start_samples
         self.pod_overhead_s = pod_overhead_s
+        # A removed pod still holds its node's resources this long: it is Terminating
+        # while its queue-proxy drains (simulate.py DRAIN_S).
+        self.drain_s = drain_s
         self.pods: dict[int, Pod] = {}
         self.removed: list[Pod] = []
         self._next_id = 0
@@ -118,7 +123,7 @@ class Engine:
         """Create a pod at t; it is ready after a sampled cold start (at once if `warm`:
         the pod the revision's initial scale started before the run)."""
         cold = 0.0 if warm else float(self._rng.choice(self._cold_samples)) + self.pod_overhead_s
-        pod = Pod(self._next_id, created=t, ready_at=t + cold, last_used=t)
+        pod = Pod(self._next_id, created=t, ready_at=t + cold, last_used=t, prestarted=warm)
         self._next_id += 1
         self.pods[pod.id] = pod
         self._push(pod.ready_at, _READY, pod.id)
@@ -295,16 +300,20 @@ class Engine:
     # -- results ------------------------------------------------------------------------
 
     def pod_seconds(self, since_s: float = 0.0) -> float:
-        """Pod-seconds from creation to removal, counting only what lies after since_s."""
-        return float(
-            sum(
-                max(
-                    0.0,
-                    (p.removed if p.removed is not None else self.end_s) - max(p.created, since_s),
-                )
-                for p in self.removed
-            )
-        )
+        """Pod-seconds from creation to removal and its drain, counting only what lies
+        after since_s and before the end."""
+        total = 0.0
+        for p in self.removed:
+            gone = self.end_s if p.removed is None else min(p.removed + self.drain_s, self.end_s)
+            total += max(0.0, gone - max(p.created, since_s))
+        return total
+
+    def pods_started(self, since_s: float = 0.0) -> int:
+        """Pods created at or after since_s: instances started, as Lambda counts cold
+        starts, whether or not a request waited on them (one started under a keep-alive
+        or a forecast is a start too)."""
+        pods = (*self.removed, *self.pods.values())
+        return sum(1 for p in pods if p.created >= since_s and not p.prestarted)
 
     def counted(self, since_s: float = 0.0) -> np.ndarray:
         """Which arrivals count: those at or after since_s."""

@@ -20,7 +20,7 @@ from kindling.controller.simulate import (
 def table(results: list[SimResult], title: str) -> str:
     head = (
         f"{'policy':18}{'requests':>10}{'cold':>8}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'SLO miss':>10}{'pod-s':>11}{'vs kpa':>9}"
+        f"{'SLO miss':>10}{'started':>9}{'pod-s':>11}{'vs kpa':>9}"
     )
     kpa = next((r for r in results if r.policy == "knative-kpa"), None)
     lines = [title, head, "-" * len(head)]
@@ -28,10 +28,16 @@ def table(results: list[SimResult], title: str) -> str:
         ratio = f"{r.pod_seconds / kpa.pod_seconds:.2f}x" if kpa and kpa.pod_seconds else "-"
         lines.append(
             f"{r.policy:18}{r.requests:>10}{r.cold_requests:>8}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}"
-            f"{r.slo_violations:>10}{r.pod_seconds:>11.0f}{ratio:>9}"
+            f"{r.slo_violations:>10}{r.pods_started:>9}{r.pod_seconds:>11.0f}{ratio:>9}"
         )
     if results:
         lines.append(f"SLO: latency <= {results[0].slo_ms:g} ms (wait + service)")
+    for r in results:
+        if r.policy == "kpa-static-floor" and "tuned_on_seed" in r.knob:
+            lines.append(
+                f"kpa-static-floor: min-scale {r.knob['min_scale']:g}, the smallest with no "
+                f"cold request on seed {r.knob['tuned_on_seed']:g}'s arrivals"
+            )
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ one workload (workloads.py) and the model's measured cold-start and service-time
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,9 @@ from kindling.controller.profiles import Profile
 from kindling.controller.sim_pods import Engine, Timeline
 from kindling.controller.workloads import DIURNAL_DAY_S, Workload
 
-POLICIES = ("knative-kpa", "keepalive-10m", "hybrid-histogram", "kindling")
+POLICIES = ("knative-kpa", "kpa-static-floor", "keepalive-10m", "hybrid-histogram", "kindling")
+# The static floor's search stops here: a floor this high is a fleet, not a setting.
+MAX_STATIC_FLOOR = 64
 # The SLO a request is judged by: 250 ms end to end. A warm MobileNetV2 request takes
 # ~7-12 ms here (profiles.json), a cold one waits for a ~0.4 s runtime start, so the SLO
 # separates "served warm, perhaps queued" from "waited on a pod start".
@@ -31,12 +33,18 @@ SLO_MS = 250.0
 # Kindling's scrape interval: Prometheus' rate over a 15 s scrape (a common
 # scrape_interval; the controller's own /metrics scrape uses the same).
 SCRAPE_S = 15.0
+# How long a removed pod stays Terminating, holding its resources: the queue-proxy's drain
+# on SIGTERM waits a quiet period of 30 s after its last request (knative/serving v0.50.0
+# pkg/queue/sharedmain/main.go drainSleepDuration, the Drainer's QuietPeriod). Every
+# policy's pods pay it: they are all a Revision's pods.
+DRAIN_S = 30.0
 
 
 @dataclass(frozen=True)
 class SimOptions:
     container_concurrency: int = 1
     pod_overhead_s: float = 0.0
+    drain_s: float = DRAIN_S
     slo_ms: float = SLO_MS
     scrape_s: float = SCRAPE_S
     forecaster: str = "holt"
@@ -54,6 +62,9 @@ class SimOptions:
     kpa_target: float | None = None
     min_scale: int = 0
     max_scale: int = 0
+    # kpa-static-floor's min-scale; None: the smallest with no cold request on another
+    # seed's arrivals (static_floor()).
+    static_floor: int | None = None
     # Arrivals before this are not counted, nor pod-seconds before it: every policy starts
     # from the same arbitrary state (one warm pod, no history), and the transient is
     # deleted as a steady-state simulation does (Law & Kelton, "Simulation Modeling and
@@ -76,6 +87,7 @@ class SimResult:
     slo_ms: float
     slo_violations: int
     pod_seconds: float
+    pods_started: int
     unserved: int
     knob: dict[str, float] = field(default_factory=dict)
     timeline: Timeline | None = None
@@ -110,6 +122,11 @@ def make_policy(name: str, profile: Profile, workload: Workload, opts: SimOption
     )
     if name == "knative-kpa":
         return KnativeKpa(kpa_config)
+    if name == "kpa-static-floor":
+        if opts.static_floor is None:
+            raise ValueError("kpa-static-floor needs its floor (SimOptions.static_floor)")
+        floor = max(opts.min_scale, opts.static_floor)
+        return KnativeKpa(replace(kpa_config, min_scale=floor), name)
     if name == "keepalive-10m":
         return KeepAlive(opts.keep_alive_s)
     if name == "hybrid-histogram":
@@ -141,6 +158,10 @@ def run_policy(
     knob: dict[str, float] | None = None,
 ) -> SimResult:
     opts = opts or SimOptions()
+    if name == "kpa-static-floor" and opts.static_floor is None:
+        floor, tuned_on = static_floor(workload, profile, seed, opts)
+        opts = replace(opts, static_floor=floor)
+        knob = {"min_scale": floor, "tuned_on_seed": tuned_on, **(knob or {})}
     # Common random numbers: one service time per request, the same for every policy.
     service = profile.sample_service(np.random.default_rng([seed, 1]), workload.requests)
     engine = Engine(
@@ -151,6 +172,7 @@ def run_policy(
         np.asarray(profile.cold_start_s),
         opts.container_concurrency,
         opts.pod_overhead_s,
+        opts.drain_s,
     )
     policy = make_policy(name, profile, workload, opts)
     engine.run(policy, opts.initial_scale)
@@ -171,10 +193,29 @@ def run_policy(
         slo_ms=opts.slo_ms,
         slo_violations=int((latency_ms > opts.slo_ms).sum()) + unserved,
         pod_seconds=engine.pod_seconds(since),
+        pods_started=engine.pods_started(since),
         unserved=unserved,
         knob=knob or {},
         timeline=engine.timeline,
     )
+
+
+def static_floor(
+    workload: Workload, profile: Profile, seed: int, opts: SimOptions
+) -> tuple[int, int]:
+    """The smallest min-scale under which the plain KPA had no cold request, and the seed
+    it was chosen on: the next one's arrivals of the same workload, never the evaluated
+    seed's (a user sets a floor from yesterday's traffic, not today's). A workload that
+    cannot be remade from a seed is its own tuning data, said by the seed returned."""
+    tuning, tuned_on = workload, seed
+    if workload.remake is not None:
+        tuned_on = seed + 1
+        tuning = workload.remake(tuned_on)
+    for floor in range(max(opts.min_scale, 0), MAX_STATIC_FLOOR):
+        trial = replace(opts, min_scale=floor, static_floor=None)
+        if run_policy("knative-kpa", tuning, profile, tuned_on, trial).cold_requests == 0:
+            return floor, tuned_on
+    return MAX_STATIC_FLOOR, tuned_on
 
 
 def run_all(
@@ -188,6 +229,7 @@ def run_all(
 # Each policy's knob and the values swept; the published default is among them.
 SWEEPS: dict[str, tuple[str, tuple[float, ...]]] = {
     "knative-kpa": ("kpa_utilization", (0.3, 0.5, 0.7, 0.9)),
+    "kpa-static-floor": ("static_floor", (0, 1, 2, 3, 4, 6, 8, 12)),
     "keepalive-10m": ("keep_alive_s", (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)),
     "hybrid-histogram": ("hybrid_margin", (0.0, 0.1, 0.5, 1.0, 3.0, 9.0)),
     "kindling": ("margin_k", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)),

@@ -23,8 +23,10 @@ policy's scale-down is inside the window whose pod-seconds are counted.
 from __future__ import annotations
 
 import csv
+import functools
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -58,6 +60,8 @@ class Workload:
     description: str
     offered_rps: np.ndarray | None = None
     """The generator's own rate per whole second, when it has one (plots only)."""
+    remake: Callable[[int], Workload] | None = field(default=None, repr=False, compare=False)
+    """The same workload from another seed ("yesterday's" traffic, to tune a baseline on)."""
 
     @property
     def requests(self) -> int:
@@ -284,13 +288,16 @@ def make(
         raise ValueError(f"duration must be > 0 seconds, got {duration_s}")
     shapes = {"mmpp-40": MMPP40Shape, "mmpp-120": MMPP120Shape, "mmpp-200": MMPP200Shape}
     if name in shapes:
-        return _mmpp(shapes[name](), seed, duration_s)
-    if name == "step":
-        return _step(seed, duration_s)
-    if name == "bursts":
-        return _bursts(seed, duration_s)
-    if name == "diurnal":
-        return _diurnal(seed, duration_s)
-    if name == "trace":
-        return _trace(seed, duration_s, trace, select)
-    raise ValueError(f"unknown workload {name!r} (known: {', '.join(NAMES)})")
+        workload = _mmpp(shapes[name](), seed, duration_s)
+    elif name == "step":
+        workload = _step(seed, duration_s)
+    elif name == "bursts":
+        workload = _bursts(seed, duration_s)
+    elif name == "diurnal":
+        workload = _diurnal(seed, duration_s)
+    elif name == "trace":
+        workload = _trace(seed, duration_s, trace, select)
+    else:
+        raise ValueError(f"unknown workload {name!r} (known: {', '.join(NAMES)})")
+    remake = functools.partial(make, name, duration_s=duration_s, trace=trace, select=select)
+    return replace(workload, remake=remake)

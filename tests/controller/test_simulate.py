@@ -24,10 +24,15 @@ from kindling.controller.simulate import (
 COLD_S = 0.5
 
 
-def engine(arrivals: list[float], service_s: float, end_s: float) -> Engine:
+def engine(arrivals: list[float], service_s: float, end_s: float, drain_s: float = 0.0) -> Engine:
     a = np.asarray(arrivals, dtype=float)
     return Engine(
-        a, np.full(len(a), service_s), end_s, np.random.default_rng(0), np.array([COLD_S])
+        a,
+        np.full(len(a), service_s),
+        end_s,
+        np.random.default_rng(0),
+        np.array([COLD_S]),
+        drain_s=drain_s,
     )
 
 
@@ -135,6 +140,56 @@ def test_every_policy_runs_on_the_same_arrivals() -> None:
     assert again.to_json() == results[-1].to_json()
 
 
+def test_the_static_floor_is_tuned_on_another_seed_and_holds_its_pods() -> None:
+    """kpa-static-floor: the smallest min-scale with no cold request on the next seed's
+    arrivals (yesterday's traffic), then judged on this seed's."""
+    profile = profiles.load()
+    w = workloads.make("mmpp-40", seed=0, duration_s=300.0)
+    floor = run_policy("kpa-static-floor", w, profile, seed=0)
+    assert floor.knob["tuned_on_seed"] == 1
+    chosen = int(floor.knob["min_scale"])
+    tuning = w.remake(1)  # type: ignore[misc]
+    below = SimOptions(min_scale=chosen - 1)
+    assert (
+        run_policy("knative-kpa", tuning, profile, 1, SimOptions(min_scale=chosen)).cold_requests
+        == 0
+    )
+    assert chosen == 0 or run_policy("knative-kpa", tuning, profile, 1, below).cold_requests > 0
+    assert floor.timeline is not None and min(floor.timeline.pods[60:]) >= chosen
+    # A workload with no generator to reseed is its own tuning data, and says so.
+    fixed = workloads.Workload("fixed", w.arrivals, w.end_s, "the same arrivals")
+    assert run_policy("kpa-static-floor", fixed, profile, seed=0).knob["tuned_on_seed"] == 0
+
+
+def test_pods_started_counts_every_start_after_the_warm_up() -> None:
+    """Instances started (Lambda's count of cold starts): the initial pod is not one, a
+    pod started for a request is, whether or not the request waited on it."""
+    e = engine([100.0, 101.0, 300.0], service_s=0.1, end_s=400.0)
+    e.run(KnativeKpa(), initial_pods=1)
+    pods = [*e.removed, *e.pods.values()]
+    assert sum(p.prestarted for p in pods) == 1 and pods[0].created == 0.0
+    # Idle to zero after the first pod's window; woken at 100 s, to zero again, woken at 300.
+    woken = [p for p in pods if not p.prestarted]
+    assert all(p.created in (100.0, 101.0, 300.0) for p in woken)
+    assert e.pods_started(0.0) == len(woken) == len(pods) - 1
+    assert e.pods_started(200.0) == sum(p.created == 300.0 for p in woken) >= 1
+
+
+def test_a_removed_pod_costs_its_drain() -> None:
+    """A pod the KPA takes away is Terminating for the queue-proxy's 30 s quiet period,
+    holding its resources: its pod-seconds run to removal plus the drain, never past the
+    end of the run."""
+    runs = {}
+    for drain in (0.0, 30.0):
+        e = engine([100.0, 101.0, 300.0], service_s=0.1, end_s=400.0, drain_s=drain)
+        e.run(KnativeKpa(), initial_pods=1)
+        runs[drain] = e
+    removed = [p.removed for p in runs[0.0].removed if p.removed is not None]
+    extra = sum(min(r + 30.0, 400.0) - r for r in removed)
+    assert extra > 0
+    assert runs[30.0].pod_seconds() == pytest.approx(runs[0.0].pod_seconds() + extra)
+
+
 @pytest.mark.parametrize("name", ["knative-kpa", "kindling"])
 def test_the_revisions_own_min_scale_max_scale_and_target(name: str) -> None:
     """What the chart writes per model (kindling advise searches them): min-scale keeps that
@@ -162,6 +217,7 @@ def test_cli_json_plot_and_pareto(tmp_path: Path, capsys: pytest.CaptureFixture[
     doc = json.loads(capsys.readouterr().out)
     assert [d["policy"] for d in doc] == list(POLICIES)
     keys = {"policy", "workload", "requests", "cold_requests", "p50_ms", "p99_ms", "pod_seconds"}
+    keys |= {"slo_violations", "pods_started"}
     assert all(keys <= d.keys() and d["workload"] == "mmpp-40" for d in doc)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
         f"mmpp-40-{p}.png" for p in POLICIES
@@ -206,7 +262,8 @@ def test_goal_on_mmpp_hours(name: str) -> None:
     MMPP, mobilenet_v2's measured profile)."""
     profile = profiles.load()
     w = workloads.make(name, seed=0, duration_s=3600.0)
-    r = {policy: run_policy(policy, w, profile, seed=0) for policy in POLICIES}
+    names = ("knative-kpa", "keepalive-10m", "hybrid-histogram", "kindling")
+    r = {policy: run_policy(policy, w, profile, seed=0) for policy in names}
     kpa, ours = r["knative-kpa"], r["kindling"]
     if name == "mmpp-200":
         assert ours.cold_requests <= 0.2 * kpa.cold_requests
