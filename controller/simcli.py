@@ -28,12 +28,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="workload length, seconds")
     p.add_argument("--margin-k", type=float, default=SimOptions.margin_k)
     p.add_argument("--forecaster", default="holt", choices=("holt", "ewma", "seasonal"))
+    p.add_argument(
+        "--season-s",
+        type=float,
+        default=SimOptions.season_s,
+        help="the seasonal forecaster's period, seconds (default a day; the diurnal "
+        "workload's compressed day is 3600)",
+    )
     p.add_argument("--warmup", type=float, default=SimOptions.warmup_s, help="seconds not counted")
     p.add_argument(
         "--pod-overhead",
         type=float,
         help="seconds a cluster adds to each cold start (default: the median measured on a "
         "real node, controller/data/pod_start.json; 0 for the runtime's own cold start alone)",
+    )
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=SimOptions.drain_s,
+        help="seconds a removed pod stays Terminating and counted (the queue-proxy's drain)",
     )
     p.add_argument("--slo-ms", type=float, default=SimOptions.slo_ms)
     p.add_argument("--json", action="store_true", help="one JSON object per policy")
@@ -59,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         SimOptions(),
         margin_k=args.margin_k,
         forecaster=args.forecaster,
+        season_s=args.season_s,
         warmup_s=args.warmup,
         pod_overhead_s=overhead,
+        drain_s=args.drain_s,
         slo_ms=args.slo_ms,
     )
     names = list(POLICIES) if args.policy == "all" else [args.policy]

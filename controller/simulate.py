@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from kindling.controller.baselines import HybridHistogram, KeepAlive, Kindling, KnativeKpa
-from kindling.controller.forecast import Ewma, Forecaster, Holt, Seasonal
+from kindling.controller.forecast import DAY_S, Ewma, Forecaster, Holt, Seasonal
 from kindling.controller.kpa import KpaConfig
 from kindling.controller.policy import WarmPolicy
 from kindling.controller.profiles import Profile
 from kindling.controller.sim_pods import Engine, Timeline
-from kindling.controller.workloads import DIURNAL_DAY_S, Workload
+from kindling.controller.workloads import Workload
 
 POLICIES = ("knative-kpa", "kpa-static-floor", "keepalive-10m", "hybrid-histogram", "kindling")
 # The static floor's search stops here: a floor this high is a fleet, not a setting.
@@ -48,6 +48,9 @@ class SimOptions:
     slo_ms: float = SLO_MS
     scrape_s: float = SCRAPE_S
     forecaster: str = "holt"
+    # The seasonal forecaster's period: configured, as a user would (a day), never read
+    # from the workload's generator (the diurnal workload's day is 3600 s: --season-s 3600).
+    season_s: float = DAY_S
     # Knobs the Pareto sweep turns (defaults: each policy as published).
     margin_k: float = 2.0
     keep_alive_s: float = 600.0
@@ -100,18 +103,17 @@ class SimResult:
         return doc
 
 
-def make_forecaster(name: str, workload: Workload) -> Forecaster:
+def make_forecaster(name: str, season_s: float = DAY_S) -> Forecaster:
     if name == "holt":
         return Holt()
     if name == "ewma":
         return Ewma()
     if name == "seasonal":
-        # The diurnal workload's compressed day; 96 bins of it, as forecast.py's default.
-        return Seasonal(period_s=DIURNAL_DAY_S if workload.name == "diurnal" else 86_400.0)
+        return Seasonal(period_s=season_s)  # 96 bins of it, as forecast.py's default
     raise ValueError(f"unknown forecaster {name!r} (holt, ewma, seasonal)")
 
 
-def make_policy(name: str, profile: Profile, workload: Workload, opts: SimOptions) -> Any:
+def make_policy(name: str, profile: Profile, opts: SimOptions) -> Any:
     kpa_config = KpaConfig(
         container_concurrency=opts.container_concurrency,
         target_utilization=opts.kpa_utilization,
@@ -141,7 +143,7 @@ def make_policy(name: str, profile: Profile, workload: Workload, opts: SimOption
         )
         return Kindling(
             policy=policy,
-            forecaster=make_forecaster(opts.forecaster, workload),
+            forecaster=make_forecaster(opts.forecaster, opts.season_s),
             service_time_s=profile.mean_service_s,
             scrape_s=opts.scrape_s,
             config=kpa_config,
@@ -174,7 +176,7 @@ def run_policy(
         opts.pod_overhead_s,
         opts.drain_s,
     )
-    policy = make_policy(name, profile, workload, opts)
+    policy = make_policy(name, profile, opts)
     engine.run(policy, opts.initial_scale)
     since = min(opts.warmup_s, workload.end_s)
     latency_ms = engine.latencies_s(since) * 1e3

@@ -17,6 +17,7 @@ from kindling.controller.simulate import (
     POLICIES,
     SimOptions,
     dominates,
+    make_forecaster,
     run_policy,
     sweep,
 )
@@ -284,3 +285,15 @@ def test_goal_on_the_diurnal_workload() -> None:
     assert ours.requests == kpa.requests > 700_000
     assert ours.cold_requests <= 0.2 * kpa.cold_requests
     assert ours.pod_seconds <= 1.25 * kpa.pod_seconds
+
+
+def test_the_seasonal_period_is_configured_never_read_from_the_workload(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The forecaster gets a day unless told (--season-s), whatever the workload's
+    generator used: the diurnal workload's compressed 3600 s day is not handed to it."""
+    assert make_forecaster("seasonal").period_s == 86_400.0  # type: ignore[attr-defined]
+    assert make_forecaster("seasonal", 3600.0).period_s == 3600.0  # type: ignore[attr-defined]
+    argv = ["--workload", "diurnal", "--duration", "300", "--policy", "kindling"]
+    assert simcli.main([*argv, "--forecaster", "seasonal", "--season-s", "3600"]) == 0
+    assert "kindling" in capsys.readouterr().out
