@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from kindling.controller import profiles, simcli, workloads
-from kindling.controller.baselines import HybridHistogram, KeepAlive, KnativeKpa
+from kindling.controller.baselines import (
+    HybridHistogram,
+    KeepAlive,
+    KnativeKpa,
+    forecast_idle_s,
+)
 from kindling.controller.sim_pods import Engine
 from kindling.controller.simulate import (
     POLICIES,
@@ -122,6 +127,39 @@ def test_hybrid_histogram_learns_prewarm_and_keep_alive() -> None:
     keep = engine(arrivals, service_s=0.1, end_s=6200.0)
     keep.run(KeepAlive(600.0))
     assert e.pod_seconds() < 0.5 * keep.pod_seconds()
+
+
+def test_hybrid_forecasts_idle_times_beyond_its_range() -> None:
+    """A call every 6 hours: every idle time is past the histogram's 4 h range, so the
+    policy forecasts the next one (the paper's out-of-bounds branch), pre-warms at 85 % of
+    it and keeps the pod for 30 % of it: warm calls at a fraction of a 4 h keep-alive's
+    pod-seconds."""
+    gap = 6 * 3600.0
+    arrivals = [1.0 + gap * i for i in range(8)]
+    e = engine(arrivals, service_s=0.1, end_s=arrivals[-1] + 600.0)
+    policy = HybridHistogram()
+    e.run(policy)
+    assert policy.out_of_bounds() and not policy.representative()
+    assert policy.prewarm_s() == pytest.approx(gap * 0.85, rel=1e-3)
+    assert policy.window_s() == pytest.approx(gap * 0.30, rel=1e-3)
+    assert not e.cold[2:].any()  # from the second idle time on, each call finds its pod
+    fallback = engine(arrivals, service_s=0.1, end_s=arrivals[-1] + 600.0)
+    fallback.run(KeepAlive(4 * 3600.0))
+    assert fallback.cold[1:].all()  # a 4 h keep-alive misses every 6 h call
+    assert e.pod_seconds() < 0.5 * fallback.pod_seconds()
+
+
+@pytest.mark.parametrize(
+    ("history", "expected"),
+    [
+        ([7.0], 7.0),  # one idle time: itself
+        ([2.0, 4.0], 3.0),  # too few for a fit: the mean
+        ([100.0] * 12, 100.0),  # constant: the constant
+        ([100.0, 300.0] * 10, 100.0),  # alternating: the AR fit sees the turn coming
+    ],
+)
+def test_the_idle_time_forecast(history: list[float], expected: float) -> None:
+    assert forecast_idle_s(np.asarray(history)) == pytest.approx(expected, rel=0.02)
 
 
 def test_hybrid_falls_back_to_the_range_when_not_representative() -> None:
