@@ -104,6 +104,9 @@ HYBRID_TAIL = 0.99
 HYBRID_MARGIN = 0.10
 HYBRID_BIN_S = 60.0
 HYBRID_RANGE_S = 4 * 3600.0
+# What the simulated controller reads (Kindling.input).
+INPUTS = ("exact", "scrape", "prometheus")
+
 HYBRID_CV_THRESHOLD = 2.0
 HYBRID_OOB_THRESHOLD = 0.5
 HYBRID_ARIMA_MARGIN = 0.15
@@ -298,6 +301,16 @@ class Kindling(KnativeKpa):
     scrape_s: float = 15.0
     config: KpaConfig | None = None
     name: str = "kindling"
+    # What the forecaster is fed every scrape_s (inputs.py says what the deployed loop
+    # reads): "exact", every arrival counted over the interval, activator-buffered ones
+    # included; "scrape", the deployed default: the requests the pods took since the last
+    # scrape (their counters' deltas), and a rate of 0 while no pod is ready (no pod
+    # answers; loop.py observes 0); "prometheus": sum(rate(...[window_s])) over a
+    # Prometheus' samples of those counters every prometheus_scrape_s, and with fewer than
+    # two samples in the window no answer (0 at zero pods, else the last rate holds).
+    input: str = "exact"
+    window_s: float = 60.0
+    prometheus_scrape_s: float = 30.0
 
     def __post_init__(self) -> None:
         KnativeKpa.__init__(self, self.config, self.name)
@@ -307,17 +320,51 @@ class Kindling(KnativeKpa):
             self.forecaster = Holt()
         self.state = PolicyState()
         self._arrived = 0
+        self._served_at_scrape: int | None = None
+        self._samples: deque[tuple[float, int]] = deque()  # Prometheus' (t, counter)
         self.decisions: list[tuple[float, int, str]] = []
+        if self.input not in INPUTS:
+            raise ValueError(f"input {self.input!r}: one of {', '.join(INPUTS)}")
 
     def on_arrival(self, engine: Engine, t: float) -> None:
         self._arrived += 1
         super().on_arrival(engine, t)
 
+    def _rate(self, engine: Engine, t: float) -> float | None:
+        """The rate the forecaster sees at t, or None where the deployed loop gets no
+        answer and holds."""
+        if self.input == "exact":
+            rate, self._arrived = self._arrived / self.scrape_s, 0
+            return rate
+        ready = engine.ready_count() > 0
+        if self.input == "scrape":
+            previous, self._served_at_scrape = self._served_at_scrape, engine.served
+            if not ready:
+                self._served_at_scrape = None  # the next pods' first scrape is a baseline
+                return 0.0
+            return None if previous is None else (engine.served - previous) / self.scrape_s
+        window = [(st, c) for st, c in self._samples if st > t - self.window_s]
+        if len(window) < 2:
+            return None if ready else 0.0
+        (t0, c0), (t1, c1) = window[0], window[-1]
+        return (c1 - c0) / (t1 - t0)
+
+    def _scrape(self, engine: Engine, t: float) -> None:
+        """Prometheus' scrape: the counters exist only while a pod does."""
+        if self.input != "prometheus" or t % self.prometheus_scrape_s:
+            return
+        if engine.ready_count() > 0:
+            self._samples.append((t, engine.served))
+        while self._samples and self._samples[0][0] <= t - self.window_s:
+            self._samples.popleft()
+
     def on_second(self, engine: Engine, t: float) -> None:
+        self._scrape(engine, t)
         if t % self.scrape_s == 0:
             assert self.forecaster is not None
-            self.forecaster.observe(t, self._arrived / self.scrape_s)
-            self._arrived = 0
+            rate = self._rate(engine, t)
+            if rate is not None:
+                self.forecaster.observe(t, rate)
             decision = self.policy.decide(t, self.forecaster, self.service_time_s, self.state)
             engine.forecast_now = self.forecaster.forecast(self.policy.lead_s)
             if decision.pods != self.kpa.config.min_scale:

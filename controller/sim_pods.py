@@ -112,6 +112,8 @@ class Engine:
         self._conc_t = 0.0
         self.now = 0.0
         self.arrived = 0
+        # Requests a pod has taken, ever: the runtimes' kindling_requests_total summed.
+        self.served = 0
         self.timeline = Timeline()
         self._second_arrivals = 0
         self._second_cold = 0
@@ -250,6 +252,7 @@ class Engine:
             heapq.heappop(self.free_ready)
             pod.listed = False
         self.start[request] = t
+        self.served += 1
         if pod.ready_at > self.arrivals[request]:
             self.cold[request] = True
             self._second_cold += 1

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kindling.controller import profiles, sim_report, workloads
+from kindling.controller.baselines import INPUTS
 from kindling.controller.simulate import POLICIES, SimOptions, run_all, sweep
 
 
@@ -28,6 +29,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="workload length, seconds")
     p.add_argument("--margin-k", type=float, default=SimOptions.margin_k)
     p.add_argument("--forecaster", default="holt", choices=("holt", "ewma", "seasonal"))
+    p.add_argument(
+        "--input",
+        default=SimOptions.input,
+        choices=INPUTS,
+        help="what Kindling's forecaster reads: every arrival per 15 s (exact), or as the "
+        "deployed controller reads it every 10 s: the pods' counter deltas (scrape) or "
+        "Prometheus' 60 s rate of 30 s scrapes (prometheus)",
+    )
     p.add_argument(
         "--season-s",
         type=float,
@@ -73,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         margin_k=args.margin_k,
         forecaster=args.forecaster,
         season_s=args.season_s,
+        input=args.input,
         warmup_s=args.warmup,
         pod_overhead_s=overhead,
         drain_s=args.drain_s,

@@ -20,6 +20,7 @@ from kindling.controller.forecast import DAY_S, Ewma, Forecaster, Holt, Seasonal
 from kindling.controller.kpa import KpaConfig
 from kindling.controller.policy import WarmPolicy
 from kindling.controller.profiles import Profile
+from kindling.controller.settings import ControllerSettings
 from kindling.controller.sim_pods import Engine, Timeline
 from kindling.controller.workloads import Workload
 
@@ -38,6 +39,9 @@ SCRAPE_S = 15.0
 # pkg/queue/sharedmain/main.go drainSleepDuration, the Drainer's QuietPeriod). Every
 # policy's pods pay it: they are all a Revision's pods.
 DRAIN_S = 30.0
+# A Prometheus scraping the runtimes as the chart's ServiceMonitor does (values.yaml
+# metrics.serviceMonitor.interval: 30s), for the "prometheus" input.
+PROMETHEUS_SCRAPE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class SimOptions:
     slo_ms: float = SLO_MS
     scrape_s: float = SCRAPE_S
     forecaster: str = "holt"
+    # What Kindling's forecaster reads (baselines.Kindling.input): "exact" every scrape_s;
+    # "scrape" or "prometheus" as the deployed controller reads them, every
+    # KINDLING_INTERVAL_S (10 s) over KINDLING_WINDOW_S (60 s) for Prometheus' rate.
+    input: str = "scrape"
     # The seasonal forecaster's period: configured, as a user would (a day), never read
     # from the workload's generator (the diurnal workload's day is 3600 s: --season-s 3600).
     season_s: float = DAY_S
@@ -141,12 +149,16 @@ def make_policy(name: str, profile: Profile, opts: SimOptions) -> Any:
             min_scale=opts.min_scale,
             max_scale=opts.max_scale or None,
         )
+        deployed = opts.input != "exact"
         return Kindling(
             policy=policy,
             forecaster=make_forecaster(opts.forecaster, opts.season_s),
             service_time_s=profile.mean_service_s,
-            scrape_s=opts.scrape_s,
+            scrape_s=ControllerSettings.interval_s if deployed else opts.scrape_s,
             config=kpa_config,
+            input=opts.input,
+            window_s=ControllerSettings.window_s,
+            prometheus_scrape_s=PROMETHEUS_SCRAPE_S,
         )
     raise ValueError(f"unknown policy {name!r} (known: {', '.join(POLICIES)}, all)")
 

@@ -12,11 +12,14 @@ import pytest
 
 from kindling.controller import profiles, simcli, workloads
 from kindling.controller.baselines import (
+    INPUTS,
     HybridHistogram,
     KeepAlive,
+    Kindling,
     KnativeKpa,
     forecast_idle_s,
 )
+from kindling.controller.kpa import KpaConfig
 from kindling.controller.sim_pods import Engine
 from kindling.controller.simulate import (
     POLICIES,
@@ -335,3 +338,29 @@ def test_the_seasonal_period_is_configured_never_read_from_the_workload(
     argv = ["--workload", "diurnal", "--duration", "300", "--policy", "kindling"]
     assert simcli.main([*argv, "--forecaster", "seasonal", "--season-s", "3600"]) == 0
     assert "kindling" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source", INPUTS)
+def test_what_the_simulated_controller_reads(source: str) -> None:
+    """5 req/s from 100 s to 200 s, then silence. Every input sees 5 req/s mid-burst; the
+    deployed ones see nothing while no pod is ready (no counter to read: a rate of 0)."""
+    arrivals = [100.0 + 0.2 * i for i in range(500)]
+    # Past Kindling's 600 s idle-to-zero after the burst, and the KPA's scale-down.
+    e = engine(arrivals, service_s=0.01, end_s=1100.0)
+    policy = Kindling(input=source, scrape_s=10.0, config=KpaConfig(container_concurrency=1))
+    seen: dict[float, float] = {}
+    assert policy.forecaster is not None
+    observe = policy.forecaster.observe
+
+    def record(t: float, rate: float) -> None:
+        seen[t] = rate
+        observe(t, rate)
+
+    policy.forecaster.observe = record  # type: ignore[method-assign]
+    e.run(policy)
+    assert seen[150.0] == pytest.approx(5.0, rel=0.03)
+    if source != "exact":
+        zero = [t for t in seen if t > 200.0 and e.timeline.ready_pods[int(t) - 1] == 0]
+        assert zero and all(seen[t] == 0.0 for t in zero)
+    with pytest.raises(ValueError, match="input"):
+        Kindling(input="guess")
