@@ -302,9 +302,16 @@ def simulate(
     target = yaml.safe_load((coldstart.CHART / "values.yaml").read_text())["modelDefaults"][
         "autoscaling"
     ]["target"]
+    # The controller arm reads this run's Prometheus, as the simulated one does; a removed
+    # pod drains within its grace period, which Knative sets to the Revision's timeout
+    # (serving pkg/reconciler/revision/resources/deploy.go), when that is under 30 s.
+    scrape_s = float(SCRAPE_INTERVAL.removesuffix("s"))
+    timeout = coldstart.chart_values("", "", None)["modelDefaults"]["timeoutSeconds"]
     opts = replace(
         SimOptions(), pod_overhead_s=pod_overhead_s, slo_ms=slo_ms, warmup_s=0.0,
         container_concurrency=int(target), kpa_target=float(target),
+        input="prometheus", prometheus_scrape_s=scrape_s,
+        drain_s=min(SimOptions.drain_s, float(timeout)),
     )  # fmt: skip
     profile = profiles.load(model)
     return {

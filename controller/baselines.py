@@ -371,4 +371,17 @@ class Kindling(KnativeKpa):
                 self.decisions.append((t, decision.pods, decision.rule))
                 result = self.kpa.set_min_scale(t, engine.ready_count(), decision.pods)
                 self._apply(engine, result.desired_pods, t)
+                if decision.pods > 0 and engine.ready_count() == 0:
+                    self._wake(engine, t)
         super().on_second(engine, t)
+
+    def _wake(self, engine: Engine, t: float) -> None:
+        """The deployed controller's warm-up request (loop.py): min-scale does not wake a
+        Revision at zero until a request reaches it (knative/serving#10327). The activator
+        reports it in flight, as for any request (not a user's): a decider at zero ticks at
+        once (the poke), a new one at its next 2 s tick, as on a real cluster."""
+        second = math.floor(t)
+        if self._recorded != second:
+            self._recorded = second
+            if self.kpa.record(second, 1.0):
+                self._apply(engine, self.kpa.decide(t, engine.ready_count()).desired_pods, t)

@@ -36,8 +36,9 @@ SLO_MS = 250.0
 SCRAPE_S = 15.0
 # How long a removed pod stays Terminating, holding its resources: the queue-proxy's drain
 # on SIGTERM waits a quiet period of 30 s after its last request (knative/serving v0.50.0
-# pkg/queue/sharedmain/main.go drainSleepDuration, the Drainer's QuietPeriod). Every
-# policy's pods pay it: they are all a Revision's pods.
+# pkg/queue/sharedmain/main.go drainSleepDuration, the Drainer's QuietPeriod), unless the
+# pod's grace period, which Knative sets to the Revision's timeoutSeconds (default 300 s),
+# ends it first. Every policy's pods pay it: they are all a Revision's pods.
 DRAIN_S = 30.0
 # A Prometheus scraping the runtimes as the chart's ServiceMonitor does (values.yaml
 # metrics.serviceMonitor.interval: 30s), for the "prometheus" input.
@@ -56,6 +57,7 @@ class SimOptions:
     # "scrape" or "prometheus" as the deployed controller reads them, every
     # KINDLING_INTERVAL_S (10 s) over KINDLING_WINDOW_S (60 s) for Prometheus' rate.
     input: str = "scrape"
+    prometheus_scrape_s: float = PROMETHEUS_SCRAPE_S
     # The seasonal forecaster's period: configured, as a user would (a day), never read
     # from the workload's generator (the diurnal workload's day is 3600 s: --season-s 3600).
     season_s: float = DAY_S
@@ -158,7 +160,7 @@ def make_policy(name: str, profile: Profile, opts: SimOptions) -> Any:
             config=kpa_config,
             input=opts.input,
             window_s=ControllerSettings.window_s,
-            prometheus_scrape_s=PROMETHEUS_SCRAPE_S,
+            prometheus_scrape_s=opts.prometheus_scrape_s,
         )
     raise ValueError(f"unknown policy {name!r} (known: {', '.join(POLICIES)}, all)")
 

@@ -364,3 +364,15 @@ def test_what_the_simulated_controller_reads(source: str) -> None:
         assert zero and all(seen[t] == 0.0 for t in zero)
     with pytest.raises(ValueError, match="input"):
         Kindling(input="guess")
+
+
+def test_a_floor_raised_at_zero_pods_wakes_the_revision() -> None:
+    """As the deployed controller does (loop.py's warm-up request): a Revision created at
+    zero gets the floor Kindling chose, and its first request finds a pod up."""
+    e = engine([300.0], service_s=0.01, end_s=400.0)
+    policy = Kindling(config=KpaConfig(container_concurrency=1, initial_scale=0))
+    e.run(policy, initial_pods=0)
+    assert policy.decisions and policy.decisions[0][1] >= 1
+    raised = int(policy.decisions[0][0])
+    assert max(e.timeline.pods[raised : raised + 4]) >= 1  # a new decider's next 2 s tick
+    assert not e.cold.any()
