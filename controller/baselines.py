@@ -289,8 +289,8 @@ class Kindling(KnativeKpa):
     interval Kindling's WarmPolicy sets the Revision's min-scale, so the warm pods are
     max(the KPA's desire, Kindling's min-scale).
 
-    The policy sees what the controller would: the request rate as a counter's increase
-    over each scrape interval, the measured mean service time and cold start. Its pods
+    The policy sees what the controller would: the request rate as its `input` reads it,
+    the measured mean service time and cold start. Its pods
     are counted against the KPA's own target (containerConcurrency x 0.7), so both speak
     the same unit.
     """
@@ -327,7 +327,8 @@ class Kindling(KnativeKpa):
             raise ValueError(f"input {self.input!r}: one of {', '.join(INPUTS)}")
 
     def on_arrival(self, engine: Engine, t: float) -> None:
-        self._arrived += 1
+        if self.input == "exact":
+            self._arrived += 1
         super().on_arrival(engine, t)
 
     def _rate(self, engine: Engine, t: float) -> float | None:
