@@ -76,6 +76,10 @@ MODELS = ("mobilenet_v2", "squeezenet1_1", "resnet18", "minilm")
 # Knative's shortest stable window (its default is 60 s): a run waits this long, idle,
 # for its Revision to scale back to zero, and no longer.
 WINDOW = "6s"
+# The Revision's request timeout; Knative makes it the pod's grace period too, within
+# which a deleted pod's queue-proxy drains (serving pkg/reconciler/revision/resources/
+# deploy.go).
+TIMEOUT_S = 10
 # Consecutive phases, each ending at its event (module docstring), and who spends it.
 PHASES = {
     "scale": "the activator holds the request, the autoscaler scales the Deployment",
@@ -442,10 +446,9 @@ def chart_values(
         "serving": {"mode": "knative"},
         "controller": {"enabled": False},
         "models": [{"name": model}],
-        # A deleted pod's queue-proxy drains within this grace period.
         "modelDefaults": {
             "autoscaling": {"initialScale": 0},
-            "timeoutSeconds": 10,
+            "timeoutSeconds": TIMEOUT_S,
             "resources": {"requests": {"cpu": "100m"}},
             "podAnnotations": {"autoscaling.knative.dev/window": window} if window else {},
         },

@@ -76,7 +76,7 @@ ARMS = {
 SIM_POLICY = {"off": ("knative-kpa", 0), "floor": ("knative-kpa", 1), "on": ("kindling", 0)}
 # What the controller reads: Prometheus scrapes the pods every 5 s (a quarter of the
 # controller's 10 s interval, so each decision sees fresh samples).
-SCRAPE_INTERVAL = "5s"
+SCRAPE_INTERVAL_S = 5
 # The controller wakes a Revision at zero through the activator, naming it as an ingress
 # does (controller/warmup.py), since there is no ingress here.
 ACTIVATOR_URL = f"http://activator-service.knative-serving.svc.{CLUSTER_DOMAIN}"
@@ -303,15 +303,12 @@ def simulate(
         "autoscaling"
     ]["target"]
     # The controller arm reads this run's Prometheus, as the simulated one does; a removed
-    # pod drains within its grace period, which Knative sets to the Revision's timeout
-    # (serving pkg/reconciler/revision/resources/deploy.go), when that is under 30 s.
-    scrape_s = float(SCRAPE_INTERVAL.removesuffix("s"))
-    timeout = coldstart.chart_values("", "", None)["modelDefaults"]["timeoutSeconds"]
+    # pod drains within its grace period, the Revision's timeout, when that is under 30 s.
     opts = replace(
         SimOptions(), pod_overhead_s=pod_overhead_s, slo_ms=slo_ms, warmup_s=0.0,
         container_concurrency=int(target), kpa_target=float(target),
-        input="prometheus", prometheus_scrape_s=scrape_s,
-        drain_s=min(SimOptions.drain_s, float(timeout)),
+        input="prometheus", prometheus_scrape_s=float(SCRAPE_INTERVAL_S),
+        drain_s=min(SimOptions.drain_s, float(coldstart.TIMEOUT_S)),
     )  # fmt: skip
     profile = profiles.load(model)
     return {
@@ -335,7 +332,8 @@ def pod_prometheus(
         prometheus_server.PodDiscovery(api, namespace, targets),
     ):
         job = prometheus_server.pods_job(targets)
-        server = prometheus_server.start(workdir, [job], SCRAPE_INTERVAL, nodes.REAL_NODE_IP)
+        interval = f"{SCRAPE_INTERVAL_S}s"
+        server = prometheus_server.start(workdir, [job], interval, nodes.REAL_NODE_IP)
         try:
             yield server
         finally:

@@ -104,9 +104,6 @@ HYBRID_TAIL = 0.99
 HYBRID_MARGIN = 0.10
 HYBRID_BIN_S = 60.0
 HYBRID_RANGE_S = 4 * 3600.0
-# What the simulated controller reads (Kindling.input).
-INPUTS = ("exact", "scrape", "prometheus")
-
 HYBRID_CV_THRESHOLD = 2.0
 HYBRID_OOB_THRESHOLD = 0.5
 HYBRID_ARIMA_MARGIN = 0.15
@@ -233,7 +230,7 @@ class HybridHistogram(KeepAlive):
         return self._forecast
 
     def out_of_bounds(self) -> bool:
-        return bool(self.idle_times) and self.histogram.oob_rate() >= self.oob_threshold
+        return self.histogram.oob_rate() >= self.oob_threshold  # 0 before any idle time
 
     def representative(self) -> bool:
         h = self.histogram
@@ -281,6 +278,10 @@ class HybridHistogram(KeepAlive):
                 if not engine.active_pods():
                     engine.start_pod(t)
         super().on_second(engine, t)
+
+
+# What the simulated controller reads (Kindling.input).
+INPUTS = ("exact", "scrape", "prometheus")
 
 
 @dataclass
@@ -344,20 +345,21 @@ class Kindling(KnativeKpa):
                 self._served_at_scrape = None  # the next pods' first scrape is a baseline
                 return 0.0
             return None if previous is None else (engine.served - previous) / self.scrape_s
-        window = [(st, c) for st, c in self._samples if st > t - self.window_s]
-        if len(window) < 2:
+        # _scrape, just before at this t, kept only the window's samples.
+        if len(self._samples) < 2:
             return None if ready else 0.0
-        (t0, c0), (t1, c1) = window[0], window[-1]
+        (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
         return (c1 - c0) / (t1 - t0)
 
     def _scrape(self, engine: Engine, t: float) -> None:
-        """Prometheus' scrape: the counters exist only while a pod does."""
-        if self.input != "prometheus" or t % self.prometheus_scrape_s:
+        """Prometheus' scrape: the counters exist only while a pod does. Samples older than
+        the rate window are dropped every second, so the rest are the window's."""
+        if self.input != "prometheus":
             return
-        if engine.ready_count() > 0:
-            self._samples.append((t, engine.served))
         while self._samples and self._samples[0][0] <= t - self.window_s:
             self._samples.popleft()
+        if t % self.prometheus_scrape_s == 0 and engine.ready_count() > 0:
+            self._samples.append((t, engine.served))
 
     def on_second(self, engine: Engine, t: float) -> None:
         self._scrape(engine, t)
