@@ -299,5 +299,8 @@ def make(
         workload = _trace(seed, duration_s, trace, select)
     else:
         raise ValueError(f"unknown workload {name!r} (known: {', '.join(NAMES)})")
-    remake = functools.partial(make, name, duration_s=duration_s, trace=trace, select=select)
-    return replace(workload, remake=remake)
+    if name == "trace":
+        # Another seed moves the same per-minute counts within their minutes: not another
+        # day's traffic, so a trace has nothing to be remade from.
+        return workload
+    return replace(workload, remake=functools.partial(make, name, duration_s=duration_s))

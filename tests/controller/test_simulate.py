@@ -376,3 +376,12 @@ def test_a_floor_raised_at_zero_pods_wakes_the_revision() -> None:
     raised = int(policy.decisions[0][0])
     assert max(e.timeline.pods[raised : raised + 4]) >= 1  # a new decider's next 2 s tick
     assert not e.cold.any()
+
+
+def test_a_trace_tunes_its_static_floor_on_itself() -> None:
+    """A trace's other seeds place the same per-minute counts differently: not another
+    day, so the floor is tuned on the trace itself, and the result says so."""
+    profile = profiles.load()
+    w = workloads.make("trace", seed=0, duration_s=600.0)
+    assert w.remake is None
+    assert run_policy("kpa-static-floor", w, profile, seed=0).knob["tuned_on_seed"] == 0
