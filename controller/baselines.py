@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kindling.controller.forecast import Forecaster
-from kindling.controller.kpa import TICK_INTERVAL_S, Kpa, KpaConfig
+from kindling.controller.kpa import TICK_INTERVAL_S, Active, Kpa, KpaConfig
 from kindling.controller.policy import PolicyState, WarmPolicy
 from kindling.controller.sim_pods import Engine
 
@@ -53,6 +53,23 @@ class KnativeKpa:
                     result = self.kpa.decide(t, engine.ready_count())
                     self._apply(engine, result.desired_pods, t)
 
+    def at_rest(self, t: float) -> bool:
+        """The KPA at zero with nothing to do: its ticks change nothing until traffic
+        comes (no metrics in the stable window, so the decider's result is invalid and the
+        PA stays Inactive at zero replicas behind the activator)."""
+        kpa = self.kpa
+        return (
+            kpa.replicas == 0
+            and kpa.decider_pods == 0
+            and kpa.active == Active.INACTIVE
+            and kpa.activator_in_path
+            and kpa.decider.stable.is_empty(t)
+        )
+
+    def resume_at(self, engine: Engine, second: float) -> float:
+        """Engine._skip_idle: at rest, nothing until the next arrival."""
+        return math.inf if self.at_rest(second) else second
+
     def on_second(self, engine: Engine, t: float) -> None:
         concurrency = engine.take_concurrency()
         second = t - 1
@@ -75,6 +92,10 @@ class KeepAlive:
 
     def window_s(self) -> float:
         return self.keep_alive_s
+
+    def resume_at(self, engine: Engine, second: float) -> float:
+        """Engine._skip_idle: with no pod, nothing to keep alive."""
+        return math.inf
 
     def on_arrival(self, engine: Engine, t: float) -> None:
         waiting = len(engine.queue)
@@ -218,6 +239,7 @@ class HybridHistogram(KeepAlive):
         self.histogram = IdleHistogram(bin_s, range_s)
         self.idle_times: deque[float] = deque(maxlen=HYBRID_HISTORY)
         self._forecast: float | None = None  # forecast_idle_s(idle_times), when asked
+        self._window: float | None = None  # window_s(), until the next idle time
         self._idle_since: float | None = None
         self._prewarm_at: float | None = None
         self._unloaded = False
@@ -245,6 +267,13 @@ class HybridHistogram(KeepAlive):
         return h.percentile_bin(self.head) * h.bin_s * (1 - self.margin)
 
     def window_s(self) -> float:
+        """The keep-alive window; the histogram changes only on an arrival, so it is worked
+        out once per idle time, not every simulated second."""
+        if self._window is None:
+            self._window = self._keep_alive_s()
+        return self._window
+
+    def _keep_alive_s(self) -> float:
         if self.out_of_bounds():
             return self.idle_forecast_s() * self.arima_margin * 2
         if not self.representative():
@@ -256,11 +285,17 @@ class HybridHistogram(KeepAlive):
         if engine.last_gap is not None:
             self.histogram.add(engine.last_gap)
             self.idle_times.append(engine.last_gap)
-            self._forecast = None
+            self._forecast = self._window = None
         self._idle_since = None
         self._prewarm_at = None
         self._unloaded = False
         super().on_arrival(engine, t)
+
+    def resume_at(self, engine: Engine, second: float) -> float:
+        """Engine._skip_idle: idle and unloaded, nothing until the pre-warm."""
+        if self._idle_since is None or (self._prewarm_at is not None and not self._unloaded):
+            return second
+        return math.inf if self._prewarm_at is None else max(second, math.ceil(self._prewarm_at))
 
     def on_second(self, engine: Engine, t: float) -> None:
         if engine.in_system == 0 and self._idle_since is None:
@@ -305,8 +340,9 @@ class Kindling(KnativeKpa):
     # What the forecaster is fed every scrape_s (inputs.py says what the deployed loop
     # reads): "exact", every arrival counted over the interval, activator-buffered ones
     # included; "scrape", the deployed default: the requests the pods took since the last
-    # scrape (their counters' deltas), and a rate of 0 while no pod is ready (no pod
-    # answers; loop.py observes 0); "prometheus": sum(rate(...[window_s])) over a
+    # scrape (their counters' deltas, a pod started since counted whole), and a rate of 0
+    # while no pod is ready (no pod answers; loop.py observes 0); "prometheus":
+    # sum(rate(...[window_s])) over a
     # Prometheus' samples of those counters every prometheus_scrape_s, and with fewer than
     # two samples in the window no answer (0 at zero pods, else the last rate holds).
     input: str = "exact"
@@ -342,8 +378,9 @@ class Kindling(KnativeKpa):
         if self.input == "scrape":
             previous, self._served_at_scrape = self._served_at_scrape, engine.served
             if not ready:
-                self._served_at_scrape = None  # the next pods' first scrape is a baseline
                 return 0.0
+            # Pods that started since the last scrape count whole (scrape.py); a first scrape
+            # of pods that were up before it is a baseline.
             return None if previous is None else (engine.served - previous) / self.scrape_s
         # _scrape, just before at this t, kept only the window's samples.
         if len(self._samples) < 2:
@@ -360,6 +397,12 @@ class Kindling(KnativeKpa):
             self._samples.popleft()
         if t % self.prometheus_scrape_s == 0 and engine.ready_count() > 0:
             self._samples.append((t, engine.served))
+
+    def resume_at(self, engine: Engine, second: float) -> float:
+        """Engine._skip_idle: the KPA at rest, the next decision."""
+        if not self.at_rest(second):
+            return second
+        return math.ceil(second / self.scrape_s) * self.scrape_s
 
     def on_second(self, engine: Engine, t: float) -> None:
         self._scrape(engine, t)

@@ -203,6 +203,8 @@ class WindowBuckets:
         window right after the first write, or after writes stopped)."""
         if self.last_write is None or self.first_write is None:
             return 0.0
+        if self.window_total == 0.0:
+            return 0.0  # every bucket is zero (a revision with pods and no traffic)
         now = self._index(t)
         n = len(self.buckets)
         d = self._since_last(now)

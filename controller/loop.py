@@ -20,7 +20,7 @@ from kindling.controller.forecast import Ewma, Forecaster, Holt, Seasonal, decay
 from kindling.controller.inputs import InputUnavailable, MetricsSource, ModelRef
 from kindling.controller.kube import KubeError
 from kindling.controller.policy import Decision, PolicyState, WarmPolicy
-from kindling.controller.settings import ControllerSettings, policy_default
+from kindling.controller.settings import ControllerSettings
 from kindling.controller.targets import Actuator, Target
 from kindling.controller.telemetry import ControllerMetrics
 
@@ -145,19 +145,12 @@ class Controller:
             state.cold_start_s = sample.cold_start_s
 
     def _policy(self, target: Target, state: ModelState) -> WarmPolicy:
-        s = self.settings
         # The runtime measures exec to model ready; before that the pod is scheduled and its
         # sandbox and container start, which the setting covers.
-        cold = s.pod_start_s + (state.cold_start_s or 0.0)
-        return WarmPolicy(
-            cold_start_s=cold,
-            reaction_delay_s=s.interval_s + s.input_timeout_s,
-            target_concurrency=target.concurrency_target,
-            # The model's own margin (its prewarm-margin-k annotation) over the global one.
-            margin_k=s.margin_k if target.margin_k is None else target.margin_k,
-            cooldown_s=s.cooldown_s,
-            idle_to_zero_s=None if s.learned_idle else s.idle_to_zero_s,
-            stale_after_s=max(policy_default("stale_after_s"), 3 * s.interval_s),
+        return self.settings.warm_policy(
+            cold_start_s=self.settings.pod_start_s + (state.cold_start_s or 0.0),
+            concurrency_target=target.concurrency_target,
+            margin_k=target.margin_k,
             min_scale=target.user_min_scale,
             max_scale=target.user_max_scale,
         )

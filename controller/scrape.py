@@ -12,8 +12,11 @@ What a call returns, and when it raises InputUnavailable:
   "no traffic" and let the policy scale down); that call's scrapes are the baseline;
 - otherwise a sample from the pods that have a previous scrape. A pod seen for the first time
   is a baseline only, as in Prometheus' rate(): its counters may hold requests from before
-  the previous call, which we cannot tell apart. It still counts in `pods`, `concurrency`
-  and `cold_start_s`.
+  the previous call, which we cannot tell apart; unless its process started after the
+  previous call (`process_start_time_seconds`), when everything it counted is new: the
+  request that woke a model from zero is seen, which Prometheus' rate() cannot see and
+  the idle-gap learning needs (policy.py). A new pod still counts in `pods`,
+  `concurrency` and `cold_start_s`.
 
 `pods` counts the pods that answered and report this model ready (a pod still loading answers
 but cannot serve it), as the Prometheus source counts the model's `ready` series;
@@ -58,6 +61,7 @@ REQUESTS = "kindling_requests_total"
 DURATION = "kindling_request_duration_seconds"
 IN_FLIGHT = "kindling_requests_in_flight"
 COLD_START = "kindling_cold_start_phase_seconds"
+PROCESS_START = "process_start_time_seconds"
 # runtime/dataplane.py observes "queue", "compute" and "total"; "total" is the request's
 # whole time in the pod, from arrival to response.
 SERVICE_PHASE = "total"
@@ -238,6 +242,7 @@ class PodFigures:
     done: float  # count of the "total" phase durations
     in_flight: float
     ready_s: float | None  # cold start: exec to this model ready; None while loading
+    started: float | None = None  # process_start_time_seconds: the pod's process, epoch s
 
 
 def pod_figures(body: bytes, model: str) -> PodFigures:
@@ -249,7 +254,11 @@ def pod_figures(body: bytes, model: str) -> PodFigures:
         raise ExpositionError(f"not UTF-8: {exc}") from exc
     requests = busy = done = in_flight = 0.0
     ready: float | None = None
+    started: float | None = None
     for name, labels, value in parse_exposition(text):
+        if name == PROCESS_START and not labels and math.isfinite(value) and value > 0:
+            started = value
+            continue
         if name not in (REQUESTS, f"{DURATION}_sum", f"{DURATION}_count", IN_FLIGHT, COLD_START):
             continue
         found = dict(labels)
@@ -268,7 +277,7 @@ def pod_figures(body: bytes, model: str) -> PodFigures:
             done += value
         elif name == COLD_START and found.get("phase") == READY_PHASE:
             ready = value
-    return PodFigures(requests, busy, done, in_flight, ready)
+    return PodFigures(requests, busy, done, in_flight, ready, started)
 
 
 @dataclass(frozen=True)
@@ -284,6 +293,13 @@ def _reset(old: PodFigures, new: PodFigures) -> bool:
         or new.busy_s < old.busy_s
         or (old.ready_s is not None and new.ready_s != old.ready_s)
     )
+
+
+def _started_since(figures: PodFigures, asked: float | None, now: float) -> bool:
+    """The pod's process started between the model's last call and now (its clock and the
+    controller's are the cluster's; one set ahead would count a little too much)."""
+    started = figures.started
+    return started is not None and asked is not None and asked <= started <= now
 
 
 # -- the source --------------------------------------------------------------------------
@@ -315,6 +331,9 @@ class ScrapeSource:
         # The last good scrape per model and pod URL: only pods `endpoints` still lists are
         # kept, so the memory is bounded by the pods that exist.
         self._seen: dict[ModelRef, dict[str, _Seen]] = {}
+        # When each model was last asked for, whatever the answer (new pods started after
+        # it count whole: see sample).
+        self._asked: dict[ModelRef, float] = {}
 
     @staticmethod
     def metrics_url(endpoint: str) -> str:
@@ -327,6 +346,7 @@ class ScrapeSource:
     def forget(self, ref: ModelRef) -> None:
         """Drop a model no longer managed (its baselines would otherwise stay)."""
         self._seen.pop(ref, None)
+        self._asked.pop(ref, None)
 
     def _scrape(self, url: str, model: str, deadline: float) -> PodFigures:
         status, body = bounded_get(
@@ -366,6 +386,7 @@ class ScrapeSource:
         return answered, errors
 
     def sample(self, ref: ModelRef, now: float) -> ModelSample:
+        asked, self._asked[ref] = self._asked.get(ref), now
         urls = list(dict.fromkeys(self.endpoints(ref)))
         if not urls:
             raise InputUnavailable(f"{ref.namespace}/{ref.workload}: no pods to scrape")
@@ -385,6 +406,11 @@ class ScrapeSource:
         deltas = 0
         for url, figures in answered.items():
             old = previous.get(url)
+            if old is None and _started_since(figures, asked, now):
+                # A pod whose process started after the last call: everything it counted
+                # is new (the request that woke a model from zero is seen, not a baseline).
+                assert asked is not None
+                old = _Seen(asked, PodFigures(0.0, 0.0, 0.0, 0.0, None))
             if old is None or now <= old.t:
                 continue  # a new pod (or a clock that did not move): a baseline only
             base = (

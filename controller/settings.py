@@ -125,7 +125,14 @@ class ControllerSettings:
     idle_to_zero_s: float = _env(
         "KINDLING_IDLE_TO_ZERO_S",
         math.nan,
-        "Idle seconds before zero; unset: learned from the idle gaps seen.",
+        "Idle seconds before zero; unset: learned from the idle gaps seen (keep alive, "
+        "pre-warm or step aside, whichever costs least).",
+    )
+    cold_cost_s: float = _env(
+        "KINDLING_COLD_COST_S",
+        policy_default("cold_cost_s"),
+        "What one cold start is worth in pod-seconds, for the learned idle window: higher "
+        "holds pods longer while idle.",
     )
     warmup_url: str = _env(
         "KINDLING_WARMUP_URL",
@@ -164,7 +171,7 @@ class ControllerSettings:
         for name in ("interval_s", "window_s", "input_timeout_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{_var(name)} must be > 0")
-        for name in ("pod_start_s", "margin_k", "cooldown_s"):
+        for name in ("pod_start_s", "margin_k", "cooldown_s", "cold_cost_s"):
             if not getattr(self, name) >= 0:
                 raise SettingsError(f"{_var(name)} must be >= 0")
         if not (math.isnan(self.idle_to_zero_s) or self.idle_to_zero_s >= 0):
@@ -196,6 +203,30 @@ class ControllerSettings:
 
         namespace = self.namespace or _own_namespace()
         return replace(self, namespace=namespace, pod_name=self.pod_name or socket.gethostname())
+
+    def warm_policy(
+        self,
+        cold_start_s: float,
+        concurrency_target: float,
+        margin_k: float | None = None,
+        min_scale: int = 0,
+        max_scale: int | None = None,
+    ) -> WarmPolicy:
+        """The policy one model is decided by: the loop builds it every tick, the simulator
+        once per run (simulate.make_policy), so both decide alike. `margin_k`: the model's
+        own (its prewarm-margin-k annotation) over the global one."""
+        return WarmPolicy(
+            cold_start_s=cold_start_s,
+            reaction_delay_s=self.interval_s + self.input_timeout_s,
+            target_concurrency=concurrency_target,
+            margin_k=self.margin_k if margin_k is None else margin_k,
+            cooldown_s=self.cooldown_s,
+            idle_to_zero_s=None if self.learned_idle else self.idle_to_zero_s,
+            cold_cost_s=self.cold_cost_s,
+            stale_after_s=max(policy_default("stale_after_s"), 3 * self.interval_s),
+            min_scale=min_scale,
+            max_scale=max_scale,
+        )
 
     @property
     def learned_idle(self) -> bool:

@@ -24,6 +24,7 @@ Everything is deterministic for a seed.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -73,7 +74,7 @@ class Engine:
         cold_start: np.random.Generator,
         cold_start_samples: np.ndarray,
         container_concurrency: int = 1,
-        pod_overhead_s: float = 0.0,
+        pod_overhead_s: float | np.ndarray = 0.0,
         drain_s: float = 0.0,
     ) -> None:
         if len(arrivals) != len(service_s):
@@ -84,7 +85,8 @@ class Engine:
         self.cc = container_concurrency
         self._rng = cold_start
         self._cold_samples = cold_start_samples
-        self.pod_overhead_s = pod_overhead_s
+        # What the cluster adds to each cold start: a constant, or samples to draw from.
+        self._overhead = np.atleast_1d(np.asarray(pod_overhead_s, dtype=float))
         # A removed pod still holds its node's resources this long: it is Terminating
         # while its queue-proxy drains (simulate.py DRAIN_S).
         self.drain_s = drain_s
@@ -118,13 +120,21 @@ class Engine:
         self._second_arrivals = 0
         self._second_cold = 0
         self.forecast_now = float("nan")
+        # Stop at the first cold request arriving at or after this time (None: run to the
+        # end): a search for a setting with no cold request needs no more of a run.
+        self.stop_on_cold_after: float | None = None
+        self.stopped = False
 
     # -- pods ---------------------------------------------------------------------------
 
     def start_pod(self, t: float, warm: bool = False) -> Pod:
         """Create a pod at t; it is ready after a sampled cold start (at once if `warm`:
         the pod the revision's initial scale started before the run)."""
-        cold = 0.0 if warm else float(self._rng.choice(self._cold_samples)) + self.pod_overhead_s
+        cold = 0.0
+        if not warm:
+            cold = float(self._rng.choice(self._cold_samples))
+            overhead = self._overhead
+            cold += float(overhead[0] if len(overhead) == 1 else self._rng.choice(overhead))
         pod = Pod(self._next_id, created=t, ready_at=t + cold, last_used=t, prestarted=warm)
         self._next_id += 1
         self.pods[pod.id] = pod
@@ -200,7 +210,7 @@ class Engine:
             next_event = self._events[0][0] if self._events else float("inf")
             next_arrival = arrivals[i] if i < n else float("inf")
             t = min(next_event, next_arrival, second)
-            if t > end:
+            if t > end or self.stopped:
                 break
             self._advance(t)
             if t == next_event and next_event <= next_arrival:
@@ -216,12 +226,35 @@ class Engine:
             else:
                 self._close_second(policy, t)
                 second += 1.0
+                if not (self.pods or self._events or self.queue):
+                    second = self._skip_idle(policy, second, next_arrival)
         self._advance(end)
         self.arrived = i
         for pod in list(self.pods.values()):
             pod.removed = end
             self.removed.append(pod)
         self.pods.clear()
+
+    def _skip_idle(self, policy: Policy, second: float, next_arrival: float) -> float:
+        """With no pod, no request and no event pending, jump to the earlier of the second
+        the next arrival falls in and the second the policy next acts at
+        (`resume_at(engine, second)`: the same results, simulated faster; a policy without
+        it is called every second). The seconds skipped go on the timeline as empty."""
+        resume_at = getattr(policy, "resume_at", None)
+        if resume_at is None:
+            return second
+        arrival_second = math.floor(next_arrival) + 1 if next_arrival < math.inf else math.inf
+        target = min(resume_at(self, second), arrival_second, math.floor(self.end_s) + 1)
+        skipped = int(target - second)
+        if skipped <= 0:
+            return second
+        tl = self.timeline
+        tl.arrivals.extend([0] * skipped)
+        tl.cold.extend([0] * skipped)
+        tl.ready_pods.extend([0] * skipped)
+        tl.pods.extend([0] * skipped)
+        tl.forecast.extend([self.forecast_now] * skipped)
+        return second + skipped
 
     def _close_second(self, policy: Policy, t: float) -> None:
         policy.on_second(self, t)
@@ -256,6 +289,9 @@ class Engine:
         if pod.ready_at > self.arrivals[request]:
             self.cold[request] = True
             self._second_cold += 1
+            after = self.stop_on_cold_after
+            if after is not None and self.arrivals[request] >= after:
+                self.stopped = True
         self._push(t + float(self.service_s[request]), _DONE, pod.id)
 
     def _arrive(self, request: int, t: float) -> None:

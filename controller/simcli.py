@@ -2,6 +2,8 @@
 
 kindling controller simulate --workload mmpp-200 --policy all [--json] [--plot DIR]
     [--pareto DIR] [--trace CSV] [--model mobilenet_v2] [--seed 0] [--duration S]
+kindling controller simulate --workload population --functions 500 --seed 7 [--jobs 2]
+    [--write-trace CSV]
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from kindling.controller import profiles, sim_report, workloads
+from kindling.controller import population, profiles, sim_report, workloads
 from kindling.controller.baselines import INPUTS
+from kindling.controller.sim_population import run_population
 from kindling.controller.simulate import POLICIES, SimOptions, run_all, sweep
 
 
@@ -27,6 +30,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", type=Path, help="a profiles.json (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, help="workload length, seconds")
+    p.add_argument(
+        "--functions", type=int, default=500, help="the population's size (--workload population)"
+    )
+    p.add_argument("--jobs", type=int, help="processes for a population (default: one per CPU)")
+    p.add_argument(
+        "--write-trace",
+        type=Path,
+        metavar="CSV",
+        help="also write the population's day in the Azure Functions 2019 format",
+    )
+    p.add_argument(
+        "--burst-factor",
+        type=float,
+        default=workloads.DIURNAL_BURST_FACTOR,
+        help="the diurnal workload's burst multiple of the rate",
+    )
+    p.add_argument(
+        "--burst-s",
+        type=float,
+        nargs=2,
+        default=workloads.DIURNAL_BURST_S,
+        metavar=("SHORTEST", "LONGEST"),
+        help="the diurnal workload's burst lengths, seconds",
+    )
     p.add_argument("--margin-k", type=float, default=SimOptions.margin_k)
     p.add_argument("--forecaster", default="holt", choices=("holt", "ewma", "seasonal"))
     p.add_argument(
@@ -48,8 +75,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pod-overhead",
         type=float,
-        help="seconds a cluster adds to each cold start (default: the median measured on a "
-        "real node, controller/data/pod_start.json; 0 for the runtime's own cold start alone)",
+        help="seconds a cluster adds to each cold start (default: each pod draws one of the "
+        "pod starts measured on a real node, controller/data/pod_start.json; 0 for the "
+        "runtime's own cold start alone)",
     )
     p.add_argument(
         "--drain-s",
@@ -68,17 +96,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         profile = profiles.load(args.model, args.profiles)
-        overhead = args.pod_overhead
+        overhead, samples = args.pod_overhead, ()
         if overhead is None:
-            overhead = profiles.pod_start().median_s
-        workload = workloads.make(
-            args.workload, args.seed, args.duration, args.trace, args.function
-        )
+            measured = profiles.pod_start()
+            overhead, samples = measured.median_s, measured.overhead_s
+        functions = None
+        if args.workload == "population":
+            functions = population.population(args.functions, args.seed)
+            workload = None
+        else:
+            workload = workloads.make(
+                args.workload,
+                args.seed,
+                args.duration,
+                args.trace,
+                args.function,
+                args.burst_factor,
+                tuple(args.burst_s),
+            )
     except ValueError as exc:
         print(f"kindling controller simulate: {exc}", file=sys.stderr)
         return 2
     opts = replace(
         SimOptions(),
+        pod_overhead_samples=samples,
         margin_k=args.margin_k,
         forecaster=args.forecaster,
         season_s=args.season_s,
@@ -89,14 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         slo_ms=args.slo_ms,
     )
     names = list(POLICIES) if args.policy == "all" else [args.policy]
+    pod_start = (
+        f"a measured pod start (median {overhead:.3g} s) added to each cold start"
+        if samples
+        else f"{overhead:.3g} s of pod start added to each cold start"
+    )
+    if functions is not None:
+        return _population(args, functions, names, profile, opts, pod_start)
+    assert workload is not None
     results = run_all(names, workload, profile, args.seed, opts)
     if args.json:
         print(json.dumps(sim_report.to_json(results), indent=1))
     else:
         title = (
             f"{workload.name}: {workload.description}; model {args.model}, seed {args.seed}, "
-            f"first {opts.warmup_s:g}s not counted; {opts.pod_overhead_s:.3g} s of pod start "
-            "added to each cold start"
+            f"first {opts.warmup_s:g}s not counted; {pod_start}"
         )
         print(sim_report.table(results, title))
     if args.plot:
@@ -112,6 +160,40 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("kindling_dominates_default", "kindling_dominates_frontier"):
                 if key in doc:
                     print(f"  {key}: {doc[key]}")
+    return 0
+
+
+def _population(
+    args: argparse.Namespace,
+    functions: list[population.Function],
+    names: list[str],
+    profile: profiles.Profile,
+    opts: SimOptions,
+    pod_start: str,
+) -> int:
+    if args.plot or args.pareto:
+        print(
+            "kindling controller simulate: --plot and --pareto take one workload, not a population",
+            file=sys.stderr,
+        )
+        return 2
+    if args.write_trace:
+        population.write_trace(functions, args.write_trace, args.seed)
+    result = run_population(names, functions, profile, args.seed, opts, args.duration, args.jobs)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+        return 0
+    print(
+        sim_report.table(
+            result.results(),
+            f"population: {len(functions)} synthetic functions (seed {args.seed}, Shahrad et al. "
+            f"ATC'20's distributions), a day each, summed; model {args.model}; {pod_start}",
+        )
+    )
+    for cls, sums in result.by_class.items():
+        count = next(iter(sums.values())).functions
+        print()
+        print(sim_report.table(result.class_results(cls), f"{cls}: {count} functions"))
     return 0
 
 

@@ -48,7 +48,12 @@ PROMETHEUS_SCRAPE_S = 30.0
 @dataclass(frozen=True)
 class SimOptions:
     container_concurrency: int = 1
+    # What a cluster adds to the runtime's own cold start (scheduling, sandbox, container
+    # start, routing): each pod draws one of `pod_overhead_samples` (measured on the real
+    # node, profiles.pod_start()) when there are any, else adds `pod_overhead_s`. The
+    # policies that plan ahead (Kindling) are told the median, as the controller is.
     pod_overhead_s: float = 0.0
+    pod_overhead_samples: tuple[float, ...] = ()
     drain_s: float = DRAIN_S
     slo_ms: float = SLO_MS
     scrape_s: float = SCRAPE_S
@@ -63,6 +68,7 @@ class SimOptions:
     season_s: float = DAY_S
     # Knobs the Pareto sweep turns (defaults: each policy as published).
     margin_k: float = 2.0
+    cold_cost_s: float = WarmPolicy.cold_cost_s
     keep_alive_s: float = 600.0
     hybrid_head: float = 0.05
     hybrid_tail: float = 0.99
@@ -104,10 +110,13 @@ class SimResult:
     unserved: int
     knob: dict[str, float] = field(default_factory=dict)
     timeline: Timeline | None = None
+    latencies_ms: np.ndarray | None = field(default=None, repr=False)
+    """Every counted request's latency (sim_population bins them)."""
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
+        doc = asdict(replace(self, timeline=None, latencies_ms=None))
         doc.pop("timeline")
+        doc.pop("latencies_ms")
         for key in ("p50_ms", "p99_ms", "pod_seconds"):
             doc[key] = round(doc[key], 3)
         return doc
@@ -144,10 +153,14 @@ def make_policy(name: str, profile: Profile, opts: SimOptions) -> Any:
     if name == "hybrid-histogram":
         return HybridHistogram(opts.hybrid_head, opts.hybrid_tail, opts.hybrid_margin)
     if name == "kindling":
-        policy = WarmPolicy(
+        # The deployed controller's policy, from its settings' defaults (the loop builds it
+        # the same way), with the knobs the sweep turns.
+        settings = replace(
+            ControllerSettings(), margin_k=opts.margin_k, cold_cost_s=opts.cold_cost_s
+        )
+        policy = settings.warm_policy(
             cold_start_s=profile.median_cold_start_s + opts.pod_overhead_s,
-            target_concurrency=kpa_config.target,
-            margin_k=opts.margin_k,
+            concurrency_target=kpa_config.target,
             min_scale=opts.min_scale,
             max_scale=opts.max_scale or None,
         )
@@ -172,7 +185,10 @@ def run_policy(
     seed: int = 0,
     opts: SimOptions | None = None,
     knob: dict[str, float] | None = None,
+    stop_on_cold: bool = False,
 ) -> SimResult:
+    """One policy on one workload. `stop_on_cold`: end the run at the first counted cold
+    request (a search for a setting with none needs no more; the rest is not simulated)."""
     opts = opts or SimOptions()
     if name == "kpa-static-floor" and opts.static_floor is None:
         floor, tuned_on = static_floor(workload, profile, seed, opts)
@@ -187,10 +203,12 @@ def run_policy(
         np.random.default_rng([seed, 2]),
         np.asarray(profile.cold_start_s),
         opts.container_concurrency,
-        opts.pod_overhead_s,
+        np.asarray(opts.pod_overhead_samples or (opts.pod_overhead_s,)),
         opts.drain_s,
     )
     policy = make_policy(name, profile, opts)
+    if stop_on_cold:
+        engine.stop_on_cold_after = min(opts.warmup_s, workload.end_s)
     engine.run(policy, opts.initial_scale)
     since = min(opts.warmup_s, workload.end_s)
     latency_ms = engine.latencies_s(since) * 1e3
@@ -213,6 +231,7 @@ def run_policy(
         unserved=unserved,
         knob=knob or {},
         timeline=engine.timeline,
+        latencies_ms=latency_ms,
     )
 
 
@@ -229,7 +248,8 @@ def static_floor(
         tuning = workload.remake(tuned_on)
     for floor in range(max(opts.min_scale, 0), MAX_STATIC_FLOOR):
         trial = replace(opts, min_scale=floor, static_floor=None)
-        if run_policy("knative-kpa", tuning, profile, tuned_on, trial).cold_requests == 0:
+        trial_run = run_policy("knative-kpa", tuning, profile, tuned_on, trial, stop_on_cold=True)
+        if trial_run.cold_requests == 0:
             return floor, tuned_on
     return MAX_STATIC_FLOOR, tuned_on
 
@@ -262,7 +282,7 @@ def sweep(
         for value in values:
             o = SimOptions(**{**asdict(opts), knob: value})
             result = run_policy(name, workload, profile, seed, o, {knob: value})
-            result.timeline = None
+            result.timeline = result.latencies_ms = None
             runs.append(result)
         out[name] = runs
     return out

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kindling.controller.population import DAY_MIN, TIMER_PERIODS_MIN, Function
 from kindling.loadtest.mmpp import mmpp_arrivals
 from kindling.loadtest.shapes import (
     SCALE_TO_ZERO_S,
@@ -44,7 +45,6 @@ from kindling.loadtest.shapes import (
     StepShape,
 )
 
-NAMES = ("mmpp-40", "mmpp-120", "mmpp-200", "step", "bursts", "diurnal", "trace")
 SAMPLE_TRACE = "azure-sample.csv"
 TRACE_HEAD = ["HashOwner", "HashApp", "HashFunction", "Trigger"]
 MINUTE_S = 60.0
@@ -131,7 +131,13 @@ DIURNAL_BURST_FACTOR = 3.0
 DIURNAL_BURST_S = (30.0, 90.0)
 
 
-def diurnal_rate(seconds: int, day_s: float, rng: np.random.Generator) -> np.ndarray:
+def diurnal_rate(
+    seconds: int,
+    day_s: float,
+    rng: np.random.Generator,
+    burst_factor: float = DIURNAL_BURST_FACTOR,
+    burst_s: tuple[float, float] = DIURNAL_BURST_S,
+) -> np.ndarray:
     """The offered rate per whole second: the daily curve times the bursts."""
     t = np.arange(seconds) + 0.5
     phase = 2 * np.pi * t / day_s
@@ -140,17 +146,22 @@ def diurnal_rate(seconds: int, day_s: float, rng: np.random.Generator) -> np.nda
     expected = DIURNAL_BURSTS_PER_DAY * seconds / day_s
     for _ in range(rng.poisson(expected)):
         start = rng.uniform(0, seconds)
-        length = rng.uniform(*DIURNAL_BURST_S)
+        length = rng.uniform(*burst_s)
         lo, hi = int(start), min(seconds, int(start + length))
-        factor[lo:hi] = DIURNAL_BURST_FACTOR
+        factor[lo:hi] = burst_factor
     return base * factor
 
 
-def _diurnal(seed: int, duration_s: float | None) -> Workload:
+def _diurnal(
+    seed: int,
+    duration_s: float | None,
+    burst_factor: float = DIURNAL_BURST_FACTOR,
+    burst_s: tuple[float, float] = DIURNAL_BURST_S,
+) -> Workload:
     rng = np.random.default_rng(seed)
     duration = duration_s if duration_s is not None else DIURNAL_DAYS * DIURNAL_DAY_S
     seconds = math.ceil(duration)
-    rate = diurnal_rate(seconds, DIURNAL_DAY_S, rng)
+    rate = diurnal_rate(seconds, DIURNAL_DAY_S, rng, burst_factor, burst_s)
     times = _poisson_per_bin(rate, rng.poisson(rate), 1.0, rng)
     offered = np.concatenate([rate, np.zeros(int(SCALE_TO_ZERO_S))])
     return Workload(
@@ -159,7 +170,7 @@ def _diurnal(seed: int, duration_s: float | None) -> Workload:
         seconds + SCALE_TO_ZERO_S,
         f"a day in {DIURNAL_DAY_S:.0f}s (24x compressed), {duration / DIURNAL_DAY_S:g} days, "
         f"trough {DIURNAL_TROUGH_RPS:g} to peak {DIURNAL_PEAK_RPS:g} req/s, "
-        f"x{DIURNAL_BURST_FACTOR:g} bursts",
+        f"x{burst_factor:g} bursts of {burst_s[0]:g}-{burst_s[1]:g}s",
         offered,
     )
 
@@ -258,22 +269,69 @@ def trace_counts(rows: list[TraceRow], select: str | None = None) -> np.ndarray:
     return np.sum([r.counts for r in chosen], axis=0)
 
 
-def _trace(seed: int, duration_s: float | None, path: Path | None, select: str | None) -> Workload:
-    source = path or sample_trace_path()
-    counts = trace_counts(parse_trace(source), select)
+def from_counts(
+    name: str, counts: np.ndarray, seed: int, description: str, duration_s: float | None = None
+) -> Workload:
+    """Per-minute invocation counts replayed: each minute's arrivals uniform within it (a
+    Poisson process given the count), as the trace format allows no finer."""
     if duration_s is not None:
         counts = counts[: max(1, math.ceil(duration_s / MINUTE_S))]
     rng = np.random.default_rng(seed)
     times = _poisson_per_bin(counts.astype(float), counts, MINUTE_S, rng)
     offered = np.repeat(counts / MINUTE_S, int(MINUTE_S))
     return Workload(
-        "trace",
+        name,
         times,
         len(counts) * MINUTE_S + SCALE_TO_ZERO_S,
-        f"{source.name}: {len(counts)} minutes, {int(counts.sum())} invocations"
-        + (f" of {select}" if select else ""),
+        f"{description}: {len(counts)} minutes, {int(counts.sum())} invocations",
         offered,
     )
+
+
+def _trace(seed: int, duration_s: float | None, path: Path | None, select: str | None) -> Workload:
+    source = path or sample_trace_path()
+    counts = trace_counts(parse_trace(source), select)
+    what = source.name + (f" ({select})" if select else "")
+    return from_counts("trace", counts, seed, what, duration_s)
+
+
+def function_workload(function: Function, day: int, duration_s: float | None = None) -> Workload:
+    """One synthetic function's day (population.py); remade from another day."""
+    workload = from_counts(
+        function.name,
+        function.counts(day),
+        day,
+        f"{function.name} ({function.trigger}, {function.daily:.4g} a day on average)",
+        duration_s,
+    )
+    remake = functools.partial(function_workload, function, duration_s=duration_s)
+    return replace(workload, remake=remake)
+
+
+# The single-function variants (population.py's classes with fixed parameters): timers
+# every 1-60 minutes, a rare function (4 calls a day), 10-minute bursts after 1-4 h of
+# silence, and bursts at 3-10x a base.
+VARIANTS: dict[str, Function] = {
+    **{
+        f"timer-{m}m": Function(0, "timer", "timer", DAY_MIN / m, 0, period_min=m)
+        for m in TIMER_PERIODS_MIN
+    },
+    "rare": Function(0, "rare", "http", 4.0, 0, amplitude=0.5),
+    "wake": Function(0, "wake", "http", 2000.0, 0),
+    "bursty": Function(0, "bursty", "queue", 20000.0, 0, amplitude=0.5),
+}
+
+NAMES = (
+    "mmpp-40",
+    "mmpp-120",
+    "mmpp-200",
+    "step",
+    "bursts",
+    "diurnal",
+    "trace",
+    *VARIANTS,
+    "population",
+)
 
 
 def make(
@@ -282,10 +340,20 @@ def make(
     duration_s: float | None = None,
     trace: Path | None = None,
     select: str | None = None,
+    burst_factor: float = DIURNAL_BURST_FACTOR,
+    burst_s: tuple[float, float] = DIURNAL_BURST_S,
 ) -> Workload:
-    """The named workload, seeded; `duration_s` overrides its length (see each generator)."""
+    """The named workload, seeded; `duration_s` overrides its length (see each generator);
+    `burst_factor` and `burst_s` shape the diurnal workload's bursts. A variant's seed is
+    its day (population.Function.counts). The population is many workloads: see
+    sim_population."""
     if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
         raise ValueError(f"duration must be > 0 seconds, got {duration_s}")
+    if not (burst_factor >= 1 and 0 < burst_s[0] <= burst_s[1]):
+        raise ValueError(
+            f"bursts need a factor >= 1 and 0 < shortest <= longest, got "
+            f"x{burst_factor} for {burst_s[0]}-{burst_s[1]} s"
+        )
     shapes = {"mmpp-40": MMPP40Shape, "mmpp-120": MMPP120Shape, "mmpp-200": MMPP200Shape}
     if name in shapes:
         workload = _mmpp(shapes[name](), seed, duration_s)
@@ -294,13 +362,18 @@ def make(
     elif name == "bursts":
         workload = _bursts(seed, duration_s)
     elif name == "diurnal":
-        workload = _diurnal(seed, duration_s)
+        workload = _diurnal(seed, duration_s, burst_factor, burst_s)
     elif name == "trace":
         workload = _trace(seed, duration_s, trace, select)
+    elif name in VARIANTS:
+        return function_workload(VARIANTS[name], seed, duration_s)
     else:
         raise ValueError(f"unknown workload {name!r} (known: {', '.join(NAMES)})")
     if name == "trace":
         # Another seed moves the same per-minute counts within their minutes: not another
         # day's traffic, so a trace has nothing to be remade from.
         return workload
-    return replace(workload, remake=functools.partial(make, name, duration_s=duration_s))
+    remake = functools.partial(
+        make, name, duration_s=duration_s, burst_factor=burst_factor, burst_s=burst_s
+    )
+    return replace(workload, remake=remake)

@@ -6,9 +6,11 @@ import itertools
 import math
 import random
 
+import numpy as np
 import pytest
 
 from kindling.controller.forecast import DAY_S, Ewma, Forecaster, Seasonal
+from kindling.controller.idle_window import best_window, gap_costs
 from kindling.controller.policy import (
     CEILING,
     COOLDOWN,
@@ -16,10 +18,12 @@ from kindling.controller.policy import (
     IDLE_ZERO,
     INITIAL,
     NO_DATA,
+    PREWARM,
     SCALE_DOWN,
     SCALE_UP,
     STALE,
     STEADY,
+    STEP_ASIDE,
     SURPRISES_KEPT,
     Decision,
     PolicyState,
@@ -242,30 +246,73 @@ def test_zero_waits_for_a_forecast_burst() -> None:
     assert driver.forecaster.last_rate == 0.0  # all of it before a single request
 
 
-def test_learned_idle_period_from_gaps() -> None:
-    policy = WarmPolicy(cold_start_s=5)
-    state = PolicyState()
-    assert policy.learned_idle_to_zero_s(state) == 600  # the default until 10 gaps
-    driver = Driver(policy, Stub())
-    t = 0
-    for gap in [100, 120, 80, 90, 110, 130, 100, 95, 105, 200]:
+def _idle_cycles(driver: Driver, gaps: list[int], t: int = 0) -> int:
+    """Activity for one 10 s sample, then `gap` seconds of idle samples, for each gap."""
+    for gap in gaps:
         driver.step(t, 5.0)
         t += 10
         for _ in range(gap // 10):
             driver.step(t, 0.0)
             t += 10
     driver.step(t, 5.0)
-    assert len(driver.state.idle_gaps) == 10
-    assert policy.learned_idle_to_zero_s(driver.state) == pytest.approx(200 * 1.1)
-    assert WarmPolicy(cold_start_s=5, idle_to_zero_s=45).learned_idle_to_zero_s(state) == 45
+    return t + 10
 
 
-def test_learned_idle_period_is_bounded() -> None:
+def test_a_periodic_model_learns_a_prewarm_window() -> None:
+    """Idle gaps of 300 s +- 30 (a 5-minute timer): the window opens before the next one is
+    due and the pod is gone in between; with fewer than min_idle_gaps nothing is held."""
     policy = WarmPolicy(cold_start_s=5)
-    short = PolicyState(idle_gaps=[1.0] * 20)  # type: ignore[arg-type]
-    long = PolicyState(idle_gaps=[1e6] * 20)  # type: ignore[arg-type]
-    assert policy.learned_idle_to_zero_s(short) == policy.min_idle_to_zero_s
-    assert policy.learned_idle_to_zero_s(long) == policy.max_idle_to_zero_s
+    assert policy.idle_window(PolicyState()) is None  # no gaps: step aside
+    driver = Driver(policy, Stub())
+    t = _idle_cycles(driver, [300, 270, 330, 300, 290, 310, 280, 320, 300, 300])
+    window = policy.idle_window(driver.state)
+    assert window is not None and not window.keep_alive
+    assert 270 * 0.9 - 1 <= window.start_s <= 270 and 330 <= window.end_s <= 330 * 1.1 + 1
+    assert window.cost_s < window.aside_cost_s
+    rules = [d.rule for _, d in driver.decisions[-40:]]
+    driver.decisions.clear()
+    for k in range(1, 40):  # the next idle period, sample by sample
+        driver.step(t + 10 * k, 0.0)
+    by_time = {round(time - t): d for time, d in driver.decisions}
+    assert by_time[100].pods == 0 and by_time[100].rule == IDLE_ZERO
+    opened = min(at for at, d in by_time.items() if d.pods >= 1)
+    assert window.start_s - policy.lead_s <= opened < window.start_s
+    assert by_time[opened].rule == PREWARM
+    assert by_time[380].pods == 0  # the window closed
+    assert STEP_ASIDE in rules or IDLE_ZERO in rules
+
+
+def test_memoryless_rare_gaps_step_aside_and_short_ones_keep_alive() -> None:
+    """Exponential gaps: a mean far above the cold start's price holds nothing; a mean far
+    below it keeps a pod alive (ski rental's break-even)."""
+    rng = np.random.default_rng(0)
+    rare = rng.exponential(4 * 3600, 60)
+    assert best_window(rare, lead_s=16, kpa_keep_s=60, cold_cost_s=600) is None
+    busy = rng.exponential(200, 60) + 60
+    window = best_window(busy, lead_s=16, kpa_keep_s=60, cold_cost_s=600)
+    assert window is not None and window.keep_alive and window.end_s >= np.quantile(busy, 0.9)
+
+
+def test_a_window_needs_gaps_it_was_right_for() -> None:
+    """One long gap among short ones is no pattern: no window is fitted around it alone."""
+    gaps = [30.0] * 8 + [5000.0]
+    assert best_window(gaps, lead_s=16, kpa_keep_s=60, cold_cost_s=600, min_gaps=4) is None
+    assert best_window([300.0] * 3, lead_s=16, kpa_keep_s=60, cold_cost_s=600, min_gaps=4) is None
+
+
+def test_gap_costs_by_hand() -> None:
+    """A gap inside a keep-alive costs its time beyond the KPA's keep; one past it, the
+    window and a cold start; a pre-warm pays from its start, lead before the window."""
+    gaps = np.array([100.0, 1000.0])
+    keep = gap_costs(gaps, np.array([0.0]), np.array([500.0]), 10, 60, 600)
+    assert keep[0] == pytest.approx(((100 - 60) + (500 - 60 + 600)) / 2)
+    pre = gap_costs(gaps, np.array([900.0]), np.array([1100.0]), 10, 60, 600)
+    assert pre[0] == pytest.approx((600 + (1000 - 890)) / 2)
+
+
+def test_a_fixed_idle_period_is_a_keep_alive() -> None:
+    window = WarmPolicy(cold_start_s=5, idle_to_zero_s=45).idle_window(PolicyState())
+    assert window is not None and window.keep_alive and window.end_s == 45
 
 
 def test_missing_data_holds_and_never_drops_to_zero() -> None:

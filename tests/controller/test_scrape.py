@@ -33,8 +33,10 @@ class Pod:
     """A pod's runtime metrics (the runtime's own RuntimeMetrics and writer), served by a
     real loopback server that renders them afresh on every scrape."""
 
-    def __init__(self, start: Start, ready_s: float = 1.5) -> None:
-        self.timeline = ColdStartTimeline(started_at=0.0)
+    def __init__(self, start: Start, ready_s: float = 1.5, started_at: float = 0.0) -> None:
+        # process_start_time_seconds 0: no start time a scrape can use (a new pod is then a
+        # baseline); a positive one places the pod's start against the controller's calls.
+        self.timeline = ColdStartTimeline(started_at=started_at)
         self.timeline.process.update(imports=0.25, ready=ready_s + 0.01)
         self.timeline.models[MODEL] = {"fetched": 0.5, "session": 1.0, "ready": ready_s}
         self.metrics = RuntimeMetrics(self.timeline)
@@ -213,6 +215,27 @@ def test_new_pod_is_a_baseline_but_counts_as_up(raw_server: Start) -> None:
     assert sample.pods == 2 and sample.cold_start_s == 4.0
     b.served(10, 0.1)
     assert src.sample(REF, 10.0).rate_rps == pytest.approx(2.0)
+
+
+def test_a_pod_started_since_the_last_call_counts_whole(raw_server: Start) -> None:
+    """The request that woke a model from zero: its pod started after the controller's last
+    call (process_start_time_seconds), so all it counted is new; one started before that
+    call is a baseline, as ever."""
+    pods: list[Pod] = []
+    src = ScrapeSource(lambda ref: [p.url for p in pods], timeout_s=5)
+    with pytest.raises(InputUnavailable):
+        src.sample(REF, 1000.0)  # at zero: no pod to scrape
+    woken = Pod(raw_server, ready_s=1.0, started_at=1003.0)
+    woken.served(1, 0.1)
+    old = Pod(raw_server, ready_s=1.0, started_at=900.0)  # up before the last call
+    old.served(50, 0.1)
+    pods.extend([woken, old])
+    sample = src.sample(REF, 1010.0)
+    assert sample.rate_rps == pytest.approx(1 / 10)
+    assert sample.service_time_s == pytest.approx(0.1) and sample.pods == 2
+    woken.served(2, 0.1)
+    old.served(3, 0.1)
+    assert src.sample(REF, 1020.0).rate_rps == pytest.approx(0.5)
 
 
 def test_a_loading_pod_answers_but_is_not_up(raw_server: Start) -> None:

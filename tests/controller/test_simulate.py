@@ -20,6 +20,7 @@ from kindling.controller.baselines import (
     forecast_idle_s,
 )
 from kindling.controller.kpa import KpaConfig
+from kindling.controller.policy import WarmPolicy
 from kindling.controller.sim_pods import Engine
 from kindling.controller.simulate import (
     POLICIES,
@@ -280,7 +281,7 @@ def test_the_cli_adds_the_measured_pod_start_unless_told(
     assert shipped.median_s > 0 and "kindling cluster cold-start" in shipped.source
     argv = ["--workload", "mmpp-40", "--duration", "150", "--policy", "knative-kpa"]
     assert simcli.main(argv) == 0
-    assert f"{shipped.median_s:.3g} s of pod start" in capsys.readouterr().out
+    assert f"a measured pod start (median {shipped.median_s:.3g} s)" in capsys.readouterr().out
     assert simcli.main([*argv, "--pod-overhead", "0"]) == 0
     assert "0 s of pod start" in capsys.readouterr().out
     bad = tmp_path / "pod_start.json"
@@ -370,7 +371,11 @@ def test_a_floor_raised_at_zero_pods_wakes_the_revision() -> None:
     """As the deployed controller does (loop.py's warm-up request): a Revision created at
     zero gets the floor Kindling chose, and its first request finds a pod up."""
     e = engine([300.0], service_s=0.01, end_s=400.0)
-    policy = Kindling(config=KpaConfig(container_concurrency=1, initial_scale=0))
+    # A fixed keep-alive (KINDLING_IDLE_TO_ZERO_S): a learned one steps aside with no history.
+    policy = Kindling(
+        policy=WarmPolicy(cold_start_s=0.4, idle_to_zero_s=600.0),
+        config=KpaConfig(container_concurrency=1, initial_scale=0),
+    )
     e.run(policy, initial_pods=0)
     assert policy.decisions and policy.decisions[0][1] >= 1
     raised = int(policy.decisions[0][0])
