@@ -315,6 +315,19 @@ class HybridHistogram(KeepAlive):
         super().on_second(engine, t)
 
 
+@dataclass(frozen=True)
+class Tick:
+    """One decision of the simulated controller: what it read (None: no answer) with how
+    many pods were ready, and what it decided. A recorded run replays these answers to the
+    deployed loop (tests/controller/test_loop_replay.py)."""
+
+    t: float
+    rate: float | None
+    ready_pods: int
+    pods: int
+    rule: str
+
+
 # What the simulated controller reads (Kindling.input).
 INPUTS = ("exact", "scrape", "prometheus")
 
@@ -360,6 +373,7 @@ class Kindling(KnativeKpa):
         self._served_at_scrape: int | None = None
         self._samples: deque[tuple[float, int]] = deque()  # Prometheus' (t, counter)
         self.decisions: list[tuple[float, int, str]] = []
+        self.ticks: list[Tick] = []
         if self.input not in INPUTS:
             raise ValueError(f"input {self.input!r}: one of {', '.join(INPUTS)}")
 
@@ -408,10 +422,12 @@ class Kindling(KnativeKpa):
         self._scrape(engine, t)
         if t % self.scrape_s == 0:
             assert self.forecaster is not None
+            ready = engine.ready_count()
             rate = self._rate(engine, t)
             if rate is not None:
                 self.forecaster.observe(t, rate)
             decision = self.policy.decide(t, self.forecaster, self.service_time_s, self.state)
+            self.ticks.append(Tick(t, rate, ready, decision.pods, decision.rule))
             engine.forecast_now = self.forecaster.forecast(self.policy.lead_s)
             if decision.pods != self.kpa.config.min_scale:
                 self.decisions.append((t, decision.pods, decision.rule))

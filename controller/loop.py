@@ -110,6 +110,7 @@ class Controller:
         decision = policy.decide(now, state.forecaster, service_time, state.policy)
         forecast = state.forecaster.forecast(policy.lead_s) if state.forecaster.last_t else 0.0
         self.metrics.decided(target.ref, forecast, decision)
+        self.metrics.window(target.ref, policy.idle_window(state.policy))
         return self._apply(target, state, decision)
 
     def _observe(self, target: Target, state: ModelState, now: float) -> None:

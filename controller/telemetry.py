@@ -11,6 +11,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kindling.controller.idle_window import IdleWindow
 from kindling.controller.inputs import ModelRef
 from kindling.controller.policy import Decision
 
@@ -37,6 +38,13 @@ class ControllerMetrics:
             "kindling_controller_applied_pods",
             "Warm pods last set on the cluster (0: the user's own value restored).",
             MODEL_LABELS,
+            registry=r,
+        )
+        self.idle_window = Gauge(
+            "kindling_controller_idle_window_seconds",
+            "The learned idle window, seconds after the model went idle: a pod is held from "
+            "start (0: kept alive) to end; absent while Kindling steps aside.",
+            (*MODEL_LABELS, "edge"),
             registry=r,
         )
         self.decisions = Counter(
@@ -74,6 +82,20 @@ class ControllerMetrics:
         with self._lock:
             self._rules.setdefault(ref, set()).add(decision.rule)
 
+    def window(self, ref: ModelRef, window: IdleWindow | None) -> None:
+        labels = (ref.namespace, ref.workload, ref.model)
+        for edge, value in (
+            ("start", None if window is None else window.start_s),
+            ("end", None if window is None else window.end_s),
+        ):
+            if value is None:
+                try:
+                    self.idle_window.remove(*labels, edge)
+                except KeyError:
+                    pass
+            else:
+                self.idle_window.labels(*labels, edge).set(value)
+
     def applied(self, ref: ModelRef, pods: int) -> None:
         self.set_pods.labels(ref.namespace, ref.workload, ref.model).set(pods)
 
@@ -84,6 +106,7 @@ class ControllerMetrics:
                 metric.remove(*labels)
             except KeyError:
                 pass
+        self.window(ref, None)
         with self._lock:
             rules = self._rules.pop(ref, set())
         for rule in rules:

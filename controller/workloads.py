@@ -366,7 +366,7 @@ def make(
     elif name == "trace":
         workload = _trace(seed, duration_s, trace, select)
     elif name in VARIANTS:
-        return function_workload(VARIANTS[name], seed, duration_s)
+        return replace(function_workload(VARIANTS[name], seed, duration_s), name=name)
     else:
         raise ValueError(f"unknown workload {name!r} (known: {', '.join(NAMES)})")
     if name == "trace":

@@ -9,11 +9,12 @@ import threading
 from dataclasses import dataclass, field, replace
 
 import pytest
+from prometheus_client import generate_latest
 
 from kindling.controller.inputs import InputUnavailable, ModelRef, ModelSample
 from kindling.controller.kube import Retryable
 from kindling.controller.loop import Controller
-from kindling.controller.policy import IDLE_ZERO, STALE
+from kindling.controller.policy import IDLE_ZERO, PREWARM, STALE, STEP_ASIDE
 from kindling.controller.settings import ControllerSettings
 from kindling.controller.targets import Target
 from kindling.controller.telemetry import ControllerMetrics
@@ -239,3 +240,23 @@ def test_a_models_own_margin_wins_over_the_global_one() -> None:
     assert own_zero == _pods_under(rates, margin_k=None, global_k=0.0)
     assert own_eight == _pods_under(rates, margin_k=None, global_k=8.0)
     assert own_eight[-1] > own_zero[-1]
+
+
+def test_a_periodic_model_is_prewarmed_and_its_window_is_exported() -> None:
+    """A request every 300 s: after a few gaps the loop learns a pre-warm window, raises the
+    floor (and wakes the Revision) before the next request is due, and /metrics shows the
+    window; the decision's rule says which part of the policy chose it."""
+    actuator, source = Recorder(targets=[_target(ready_pods=0)]), Script(rate=0.0)
+    controller, woken = _controller(actuator, source)
+    outcomes = []
+    for t in range(1000, 1000 + 12 * 300, 10):
+        source.rate = 0.1 if (t - 1000) % 300 == 0 else 0.0
+        outcomes += controller.tick(float(t))
+    rules = [o.decision.rule for o in outcomes]
+    assert PREWARM in rules and STEP_ASIDE in rules
+    assert woken, "a floor raised at zero pods wakes the Revision"
+    text = generate_latest(controller.metrics.registry).decode()
+    start = [
+        line for line in text.splitlines() if 'edge="start"' in line and not line.startswith("#")
+    ]
+    assert start and 200 < float(start[0].split()[-1]) < 300
