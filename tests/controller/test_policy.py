@@ -422,11 +422,13 @@ def test_recurring_bursts_are_remembered_as_headroom() -> None:
     assert plain.state.headroom == 1.0
 
 
-def test_headroom_stops_at_twice_the_peak() -> None:
+def test_headroom_stops_at_the_peak() -> None:
     """At the burst itself the forecast is 30 req/s: x2.717 would be 81.5, but the rates
-    seen peak at 30, so it warms for 2 x 30 = 60 req/s: 6 pods."""
+    seen peak at 30, so it warms for peak_factor x 30 req/s: 3 pods (6 at a factor of 2)."""
     driver = bursty_driver([600, 1200, 1800], until=1800)
-    assert driver.decisions[-1][1].pods == 6
+    assert driver.decisions[-1][1].pods == 3
+    doubled = bursty_driver([600, 1200, 1800], until=1800, peak_factor=2.0)
+    assert doubled.decisions[-1][1].pods == 6
 
 
 def test_bursts_are_forgotten_after_the_window() -> None:
