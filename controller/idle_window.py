@@ -26,13 +26,15 @@ held: a model has to show a pattern before it is paid for.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-import numpy as np
+from itertools import accumulate
 
 # Candidate window edges: the gaps' quantiles in 2.5 % steps (41 values), each widened by
 # the margin (hybrid histogram's 10 %: the window opens 10 % before, closes 10 % after).
-EDGE_QUANTILES = np.linspace(0.0, 1.0, 41)
+EDGE_STEPS = 40
 
 
 @dataclass(frozen=True)
@@ -47,30 +49,75 @@ class IdleWindow:
         return self.start_s == 0.0
 
 
-def gap_costs(
-    gaps: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    lead_s: float,
-    kpa_keep_s: float,
-    cold_cost_s: float,
-) -> np.ndarray:
-    """Mean cost per gap of each window (starts[i], ends[i]); pod time beyond the KPA's own
-    keep counts, and a pre-warmed pod is paid from its start, `lead_s` before the window."""
-    g = gaps[None, :]
-    start, end = starts[:, None], ends[:, None]
-    kept = start <= kpa_keep_s  # a keep-alive: the KPA's pod is held on
-    paid_from = np.where(kept, kpa_keep_s, np.maximum(start - lead_s, kpa_keep_s))
-    warm = (g <= kpa_keep_s) | ((g >= start) & (g <= end))
-    cold = ~warm
-    pod_time = np.clip(np.minimum(g, end) - paid_from, 0.0, None)
-    # A gap that ends before a pre-warmed pod starts costs no pod time.
-    pod_time = np.where(~kept & (g < start - lead_s), 0.0, pod_time)
-    return (pod_time + cold * cold_cost_s).mean(axis=1)
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values, interpolated linearly between ranks (numpy's and
+    R's default, type 7)."""
+    h = (len(ordered) - 1) * q
+    lo = math.floor(h)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
+
+
+class Gaps:
+    """Sorted idle gaps with prefix sums, so a window's cost is a few binary searches:
+    the simulator asks for thousands of windows, and the controller's image has no numpy."""
+
+    def __init__(self, gaps: Iterable[float]) -> None:
+        self.sorted = sorted(float(g) for g in gaps)
+        self.sums = [0.0, *accumulate(self.sorted)]
+
+    def __len__(self) -> int:
+        return len(self.sorted)
+
+    def count(self, lo: float, hi: float, closed_hi: bool = True) -> int:
+        """Gaps g with lo < g <= hi (g < hi when not closed_hi)."""
+        right = bisect_right(self.sorted, hi) if closed_hi else bisect_left(self.sorted, hi)
+        return max(0, right - bisect_right(self.sorted, lo))
+
+    def excess(self, lo: float, hi: float, base: float, closed_hi: bool = True) -> float:
+        """The sum of g - base over gaps lo < g <= hi (g < hi when not closed_hi)."""
+        left = bisect_right(self.sorted, lo)
+        right = bisect_right(self.sorted, hi) if closed_hi else bisect_left(self.sorted, hi)
+        if right <= left:
+            return 0.0
+        return self.sums[right] - self.sums[left] - base * (right - left)
+
+
+def window_cost(
+    gaps: Gaps, start: float, end: float, lead_s: float, kpa_keep_s: float, cold_cost_s: float
+) -> float:
+    """Mean cost per gap of holding a pod from `start` to `end` into the idle period: pod
+    time beyond the KPA's own keep, and cold_cost_s for each gap that found no pod. A gap
+    the KPA's keep covers costs nothing. A keep-alive (start within the KPA's keep) holds
+    the KPA's pod on; a pre-warm pays from lead_s before start, and a gap that ends before
+    that costs no pod time."""
+    k, c, n = kpa_keep_s, cold_cost_s, len(gaps)
+    if start <= k:  # a keep-alive to `end`
+        if end <= k:
+            return gaps.count(k, math.inf) * c / n
+        held = gaps.excess(k, end, k)
+        late = gaps.count(end, math.inf)
+        return (held + late * (end - k + c)) / n
+    paid = max(start - lead_s, k)
+    early = gaps.count(k, start - lead_s, closed_hi=False)  # cold, no pod time yet
+    # Cold while the pod is starting or not yet ready; g >= start - lead (and > k).
+    starting = max(k, start - lead_s)
+    waiting = gaps.count(starting, start, closed_hi=False) + (
+        gaps.count(k, starting) - gaps.count(k, starting, closed_hi=False) if starting > k else 0
+    )
+    waited = gaps.excess(starting, start, paid, closed_hi=False) + (
+        gaps.count(k, starting) - gaps.count(k, starting, closed_hi=False)
+    ) * (starting - paid if starting > k else 0.0)
+    warm = gaps.excess(start, end, paid) + (
+        gaps.count(k, start) - gaps.count(k, start, closed_hi=False)
+    ) * (start - paid)
+    late = gaps.count(end, math.inf)
+    total = early * c + waiting * c + waited + warm + late * (end - paid + c)
+    return total / n
 
 
 def best_window(
-    gaps: np.ndarray | list[float],
+    gaps: Iterable[float],
     lead_s: float,
     kpa_keep_s: float,
     cold_cost_s: float,
@@ -80,23 +127,31 @@ def best_window(
 ) -> IdleWindow | None:
     """The cheapest window over `gaps` that held a pod for at least `min_gaps` of them, or
     None where stepping aside costs no more (or there are fewer than `min_gaps` gaps)."""
-    g = np.asarray(gaps, dtype=float)
-    if len(g) < min_gaps:
+    g = Gaps(gaps)
+    n = len(g)
+    if n < min_gaps:
         return None
-    aside = float(((g > kpa_keep_s) * cold_cost_s).mean())
-    edges = np.quantile(g, EDGE_QUANTILES)
-    starts = np.concatenate([[0.0], edges * (1 - margin)])
-    ends = np.minimum(edges * (1 + margin), max_end_s)
-    s, e = np.meshgrid(starts, ends, indexing="ij")
-    keep = e.ravel() > s.ravel()
-    s, e = s.ravel()[keep], e.ravel()[keep]
-    costs = gap_costs(g, s, e, lead_s, kpa_keep_s, cold_cost_s)
-    # A window must have been right at least min_gaps times: one fitted around a single
-    # long gap looks cheap on the very gaps it was fitted to, and is chance.
-    inside = (g[None, :] >= s[:, None]) & (g[None, :] <= e[:, None]) & (g[None, :] > kpa_keep_s)
-    costs = np.where(inside.sum(axis=1) >= min_gaps, costs, np.inf)
-    best = int(np.argmin(costs))
-    if not costs[best] < aside:
+    k = kpa_keep_s
+    aside = g.count(k, math.inf) * cold_cost_s / n
+    edges = [quantile(g.sorted, i / EDGE_STEPS) for i in range(EDGE_STEPS + 1)]
+    starts = [0.0, *(e * (1 - margin) for e in edges)]
+    ends = [min(e * (1 + margin), max_end_s) for e in edges]
+    best: tuple[float, float, float] | None = None  # (cost, start, end)
+    for start in starts:
+        for end in ends:
+            if end <= start:
+                continue
+            # A window must have been right at least min_gaps times: one fitted around a
+            # single long gap looks cheap on the very gaps it was fitted to, and is chance.
+            inside = g.count(max(start, k), end) + (
+                g.count(k, start) - g.count(k, start, closed_hi=False) if start > k else 0
+            )
+            if inside < min_gaps:
+                continue
+            cost = window_cost(g, start, end, lead_s, k, cold_cost_s)
+            if best is None or cost < best[0]:
+                best = (cost, start, end)
+    if best is None or not best[0] < aside:
         return None
-    start = float(s[best]) if s[best] > kpa_keep_s else 0.0
-    return IdleWindow(start, float(e[best]), float(costs[best]), aside)
+    cost, start, end = best
+    return IdleWindow(start if start > k else 0.0, end, cost, aside)

@@ -19,8 +19,6 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from kindling.controller.forecast import Forecaster
 from kindling.controller.idle_window import IdleWindow, best_window
 
@@ -238,7 +236,7 @@ class WarmPolicy:
         stale = state.gaps_seen - state.window_gaps >= max(1, len(state.idle_gaps) // 20)
         if state.window_gaps < 0 or stale:
             state.window = best_window(
-                np.fromiter(state.idle_gaps, float),
+                state.idle_gaps,
                 self.lead_s,
                 self.kpa_keep_s,
                 self.cold_cost_s,

@@ -76,6 +76,10 @@ def test_the_controller_holds_a_floor_it_read_from_prometheus_on_real_pods(
     namespace = "pw-floor"
     with prewarm.pod_prometheus(cluster, namespace, tmp_path / "prometheus") as prometheus:
         values = prewarm.arm_values(registry, MODEL, None, prometheus.url, 1.0)
+        # A fixed keep-alive: a model with no idle gaps learned yet is otherwise left to the
+        # KPA (policy.py steps aside), and this test is about the floor's round trip.
+        keep = {"name": "KINDLING_IDLE_TO_ZERO_S", "value": "600"}
+        values["controller"]["extraEnv"].append(keep)
         with coldstart.installed(cluster, namespace, values, keep=False) as service:
             revision = f"{service['metadata']['name']}-00001"
             address = coldstart.revision_at_zero(cluster, namespace, revision)

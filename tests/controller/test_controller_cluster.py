@@ -206,7 +206,11 @@ def test_the_controller_pre_warms_the_live_revision_under_real_load_and_gives_it
         "serving.knative.dev", "v1", namespace, "services", SERVICE
     )
     assert service["metadata"]["generation"] == generation
-    assert "scale-up" in controller.log_text() or "initial" in controller.log_text()
+    # The decision is logged just after its patch lands: wait for the line, not the race.
+    wait_until(
+        lambda: True if any(r in controller.log_text() for r in ("scale-up", "initial")) else None,
+        "the controller to log the decision that raised the floor",
+    )
 
     # The API server goes away and comes back: the controller rides it out and leads again
     # (its loop turns after the restart, with the Lease held).

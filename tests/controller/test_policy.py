@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kindling.controller.forecast import DAY_S, Ewma, Forecaster, Seasonal
-from kindling.controller.idle_window import best_window, gap_costs
+from kindling.controller.idle_window import Gaps, best_window, window_cost
 from kindling.controller.policy import (
     CEILING,
     COOLDOWN,
@@ -303,11 +303,13 @@ def test_a_window_needs_gaps_it_was_right_for() -> None:
 def test_gap_costs_by_hand() -> None:
     """A gap inside a keep-alive costs its time beyond the KPA's keep; one past it, the
     window and a cold start; a pre-warm pays from its start, lead before the window."""
-    gaps = np.array([100.0, 1000.0])
-    keep = gap_costs(gaps, np.array([0.0]), np.array([500.0]), 10, 60, 600)
-    assert keep[0] == pytest.approx(((100 - 60) + (500 - 60 + 600)) / 2)
-    pre = gap_costs(gaps, np.array([900.0]), np.array([1100.0]), 10, 60, 600)
-    assert pre[0] == pytest.approx((600 + (1000 - 890)) / 2)
+    gaps = Gaps([100.0, 1000.0, 20.0, 895.0])
+    keep = window_cost(gaps, 0.0, 500.0, 10, 60, 600)
+    assert keep == pytest.approx((0 + (100 - 60) + (500 - 60 + 600) + (500 - 60 + 600)) / 4)
+    pre = window_cost(gaps, 900.0, 1100.0, 10, 60, 600)
+    # 20: the KPA's; 100: before the pod starts, cold; 895: the pod is starting, cold and
+    # paid from 890; 1000: warm, paid from 890.
+    assert pre == pytest.approx((0 + 600 + (600 + 5) + (1000 - 890)) / 4)
 
 
 def test_a_fixed_idle_period_is_a_keep_alive() -> None:
