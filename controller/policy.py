@@ -1,4 +1,5 @@
-"""How many warm pods one model needs: forecast ahead, Little's law, hysteresis, idle-to-zero.
+"""How many warm pods one model needs: forecast ahead, Little's law, hysteresis, and while idle a
+learned window (keep alive, pre-warm, or step aside: idle_window.py).
 
 `WarmPolicy.decide` is deterministic: it reads the time it is given, a forecaster and the
 caller's `PolicyState`, and never the clock, so the controller, the simulator and the tests
