@@ -53,8 +53,8 @@ class Decision:
     rule: str
 
 
-# The most recent idle gaps kept: 500 gives a 99th percentile from the 5 longest, and
-# bounds memory per model.
+# The most recent idle gaps kept: 500 resolve the idle window's 2.5 % quantile steps with
+# a dozen gaps each, and bound memory per model.
 IDLE_GAPS_KEPT = 500
 # The most recent surprise ratios kept: one per new sample, and the controller decides every
 # 10 s, so an hour (the default window below) holds at most 360; 720 leaves room for a 5 s
@@ -73,7 +73,7 @@ class PolicyState:
     # (time, desire) over the last cooldown: a scale-down goes to their maximum.
     recent: deque[tuple[float, int]] = field(default_factory=deque)
     # When the rate last went idle (None: active), whether it was ever active, and the
-    # lengths of the idle gaps between activity, for the learned idle period.
+    # lengths of the idle gaps between activity, for the learned idle window.
     idle_since: float | None = None
     seen_active: bool = False
     idle_gaps: deque[float] = field(default_factory=lambda: deque(maxlen=IDLE_GAPS_KEPT))
