@@ -46,12 +46,16 @@ class KnativeKpa:
 
     def on_arrival(self, engine: Engine, t: float) -> None:
         if not engine.active_pods() and self.kpa.decider_pods == 0:
-            second = math.floor(t)
-            if self._recorded != second:
-                self._recorded = second
-                if self.kpa.record(second, float(engine.in_system)):
-                    result = self.kpa.decide(t, engine.ready_count())
-                    self._apply(engine, result.desired_pods, t)
+            self._poke(engine, t, float(engine.in_system))
+
+    def _poke(self, engine: Engine, t: float, concurrency: float) -> None:
+        """The activator reports concurrency at once (not on the next 1 s scrape), once a
+        second: a decider at zero ticks at once (multiscaler.Poke)."""
+        second = math.floor(t)
+        if self._recorded != second:
+            self._recorded = second
+            if self.kpa.record(second, concurrency):
+                self._apply(engine, self.kpa.decide(t, engine.ready_count()).desired_pods, t)
 
     def at_rest(self, t: float) -> bool:
         """The KPA at zero with nothing to do: its ticks change nothing until traffic
@@ -355,9 +359,9 @@ class Kindling(KnativeKpa):
     # included; "scrape", the deployed default: the requests the pods took since the last
     # scrape (their counters' deltas, a pod started since counted whole), and a rate of 0
     # while no pod is ready (no pod answers; loop.py observes 0); "prometheus":
-    # sum(rate(...[window_s])) over a
-    # Prometheus' samples of those counters every prometheus_scrape_s, and with fewer than
-    # two samples in the window no answer (0 at zero pods, else the last rate holds).
+    # sum(rate(...[window_s])) over a Prometheus' samples of those counters every
+    # prometheus_scrape_s, and with fewer than two samples in the window no answer (0 at
+    # zero pods, else the last rate holds).
     input: str = "exact"
     window_s: float = 60.0
     prometheus_scrape_s: float = 30.0
@@ -382,13 +386,12 @@ class Kindling(KnativeKpa):
             self._arrived += 1
         super().on_arrival(engine, t)
 
-    def _rate(self, engine: Engine, t: float) -> float | None:
-        """The rate the forecaster sees at t, or None where the deployed loop gets no
-        answer and holds."""
+    def _rate(self, engine: Engine, ready: bool) -> float | None:
+        """The rate the forecaster sees now (`ready`: a pod is), or None where the deployed
+        loop gets no answer and holds."""
         if self.input == "exact":
             rate, self._arrived = self._arrived / self.scrape_s, 0
             return rate
-        ready = engine.ready_count() > 0
         if self.input == "scrape":
             previous, self._served_at_scrape = self._served_at_scrape, engine.served
             if not ready:
@@ -423,7 +426,7 @@ class Kindling(KnativeKpa):
         if t % self.scrape_s == 0:
             assert self.forecaster is not None
             ready = engine.ready_count()
-            rate = self._rate(engine, t)
+            rate = self._rate(engine, ready > 0)
             if rate is not None:
                 self.forecaster.observe(t, rate)
             decision = self.policy.decide(t, self.forecaster, self.service_time_s, self.state)
@@ -431,19 +434,12 @@ class Kindling(KnativeKpa):
             engine.forecast_now = self.forecaster.forecast(self.policy.lead_s)
             if decision.pods != self.kpa.config.min_scale:
                 self.decisions.append((t, decision.pods, decision.rule))
-                result = self.kpa.set_min_scale(t, engine.ready_count(), decision.pods)
+                result = self.kpa.set_min_scale(t, ready, decision.pods)
                 self._apply(engine, result.desired_pods, t)
-                if decision.pods > 0 and engine.ready_count() == 0:
-                    self._wake(engine, t)
+                if decision.pods > 0 and ready == 0:
+                    # The deployed controller's warm-up request (loop.py): min-scale does
+                    # not wake a Revision at zero until a request reaches it
+                    # (knative/serving#10327). The activator reports it in flight, as any
+                    # request: a decider at zero ticks at once, a new one at its next tick.
+                    self._poke(engine, t, 1.0)
         super().on_second(engine, t)
-
-    def _wake(self, engine: Engine, t: float) -> None:
-        """The deployed controller's warm-up request (loop.py): min-scale does not wake a
-        Revision at zero until a request reaches it (knative/serving#10327). The activator
-        reports it in flight, as for any request (not a user's): a decider at zero ticks at
-        once (the poke), a new one at its next 2 s tick, as on a real cluster."""
-        second = math.floor(t)
-        if self._recorded != second:
-            self._recorded = second
-            if self.kpa.record(second, 1.0):
-                self._apply(engine, self.kpa.decide(t, engine.ready_count()).desired_pods, t)

@@ -333,18 +333,18 @@ class WarmPolicy:
                 state.below_since = None
                 state.recent.clear()
                 if window is None:
-                    rule, what = STEP_ASIDE, "no idle window pays for itself (or too few gaps)"
-                    why = f"idle {idle_for:.0f}s, {what}; {why}"
-                    return self._bounded(0, rule, why)
-                elif idle_for < opens:
-                    rule, what = IDLE_ZERO, f"pre-warm opens at {opens:.0f}s"
-                else:
-                    rule, what = IDLE_ZERO, f"idle window closed at {window.end_s:.0f}s"
+                    aside = "no idle window pays for itself (or too few gaps)"
+                    return self._bounded(0, STEP_ASIDE, f"idle {idle_for:.0f}s, {aside}; {why}")
+                what = (
+                    f"pre-warm opens at {opens:.0f}s"
+                    if idle_for < opens
+                    else f"idle window closed at {window.end_s:.0f}s"
+                )
                 why = (
                     f"idle {idle_for:.0f}s, {what}; a request within the lead is unlikely "
                     f"({wake_risk:.1%} < {self.zero_risk:.0%}); {why}"
                 )
-                return self._bounded(0, rule, why)
+                return self._bounded(0, IDLE_ZERO, why)
             if held and window is not None and not window.keep_alive and not state.pods:
                 state.recent.clear()
                 state.recent.append((now, max(little, 1)))

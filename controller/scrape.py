@@ -280,6 +280,10 @@ def pod_figures(body: bytes, model: str) -> PodFigures:
     return PodFigures(requests, busy, done, in_flight, ready, started)
 
 
+# A counter's value before its process counted anything: the base of a reset or a new pod.
+_NOTHING = PodFigures(0.0, 0.0, 0.0, 0.0, None)
+
+
 @dataclass(frozen=True)
 class _Seen:
     t: float
@@ -410,14 +414,10 @@ class ScrapeSource:
                 # A pod whose process started after the last call: everything it counted
                 # is new (the request that woke a model from zero is seen, not a baseline).
                 assert asked is not None
-                old = _Seen(asked, PodFigures(0.0, 0.0, 0.0, 0.0, None))
+                old = _Seen(asked, _NOTHING)
             if old is None or now <= old.t:
                 continue  # a new pod (or a clock that did not move): a baseline only
-            base = (
-                PodFigures(0.0, 0.0, 0.0, 0.0, None)
-                if _reset(old.figures, figures)
-                else old.figures
-            )
+            base = _NOTHING if _reset(old.figures, figures) else old.figures
             rate += (figures.requests - base.requests) / (now - old.t)
             busy += figures.busy_s - base.busy_s
             done += figures.done - base.done

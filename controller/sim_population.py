@@ -12,7 +12,7 @@ needs no list of them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -120,14 +120,11 @@ def _one(
     return function.cls, out
 
 
-def _map(tasks: list[Any], jobs: int) -> Iterator[Any]:
+def _map(tasks: list[Any], jobs: int) -> Iterable[Any]:
     if jobs <= 1:
         return map(_one, tasks)
-    pool = ProcessPoolExecutor(max_workers=jobs)
-    try:
-        return iter(list(pool.map(_one, tasks, chunksize=4)))
-    finally:
-        pool.shutdown()
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_one, tasks, chunksize=4))
 
 
 def run_population(

@@ -178,6 +178,23 @@ def make_policy(name: str, profile: Profile, opts: SimOptions) -> Any:
     raise ValueError(f"unknown policy {name!r} (known: {', '.join(POLICIES)}, all)")
 
 
+def make_engine(workload: Workload, profile: Profile, seed: int, opts: SimOptions) -> Engine:
+    """A run's engine: the workload's arrivals, the model's measured cold starts and the
+    pod starts of `opts`. Common random numbers: one service time per request, the same
+    for every policy on the same seed."""
+    service = profile.sample_service(np.random.default_rng([seed, 1]), workload.requests)
+    return Engine(
+        workload.arrivals,
+        service,
+        workload.end_s,
+        np.random.default_rng([seed, 2]),
+        np.asarray(profile.cold_start_s),
+        opts.container_concurrency,
+        np.asarray(opts.pod_overhead_samples or (opts.pod_overhead_s,)),
+        opts.drain_s,
+    )
+
+
 def run_policy(
     name: str,
     workload: Workload,
@@ -194,23 +211,12 @@ def run_policy(
         floor, tuned_on = static_floor(workload, profile, seed, opts)
         opts = replace(opts, static_floor=floor)
         knob = {"min_scale": floor, "tuned_on_seed": tuned_on, **(knob or {})}
-    # Common random numbers: one service time per request, the same for every policy.
-    service = profile.sample_service(np.random.default_rng([seed, 1]), workload.requests)
-    engine = Engine(
-        workload.arrivals,
-        service,
-        workload.end_s,
-        np.random.default_rng([seed, 2]),
-        np.asarray(profile.cold_start_s),
-        opts.container_concurrency,
-        np.asarray(opts.pod_overhead_samples or (opts.pod_overhead_s,)),
-        opts.drain_s,
-    )
+    engine = make_engine(workload, profile, seed, opts)
     policy = make_policy(name, profile, opts)
-    if stop_on_cold:
-        engine.stop_on_cold_after = min(opts.warmup_s, workload.end_s)
-    engine.run(policy, opts.initial_scale)
     since = min(opts.warmup_s, workload.end_s)
+    if stop_on_cold:
+        engine.stop_on_cold_after = since
+    engine.run(policy, opts.initial_scale)
     latency_ms = engine.latencies_s(since) * 1e3
     counted = engine.counted(since)
     served = len(latency_ms)

@@ -84,17 +84,12 @@ class ControllerMetrics:
 
     def window(self, ref: ModelRef, window: IdleWindow | None) -> None:
         labels = (ref.namespace, ref.workload, ref.model)
-        for edge, value in (
-            ("start", None if window is None else window.start_s),
-            ("end", None if window is None else window.end_s),
-        ):
-            if value is None:
-                try:
-                    self.idle_window.remove(*labels, edge)
-                except KeyError:
-                    pass
-            else:
-                self.idle_window.labels(*labels, edge).set(value)
+        if window is None:
+            for edge in ("start", "end"):
+                _drop(self.idle_window, *labels, edge)
+            return
+        self.idle_window.labels(*labels, "start").set(window.start_s)
+        self.idle_window.labels(*labels, "end").set(window.end_s)
 
     def applied(self, ref: ModelRef, pods: int) -> None:
         self.set_pods.labels(ref.namespace, ref.workload, ref.model).set(pods)
@@ -102,19 +97,21 @@ class ControllerMetrics:
     def forget(self, ref: ModelRef) -> None:
         labels = (ref.namespace, ref.workload, ref.model)
         for metric in (self.forecast, self.desired, self.set_pods):
-            try:
-                metric.remove(*labels)
-            except KeyError:
-                pass
+            _drop(metric, *labels)
         self.window(ref, None)
         with self._lock:
             rules = self._rules.pop(ref, set())
         for rule in rules:
-            try:
-                self.decisions.remove(*labels, rule)
-            except KeyError:
-                pass
+            _drop(self.decisions, *labels, rule)
 
     def heartbeat(self, now: float) -> None:
         self.last_beat = now
         self.last_loop.set(now)
+
+
+def _drop(metric: Gauge | Counter, *labels: str) -> None:
+    """Remove one labelled series; one never set is already gone."""
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass

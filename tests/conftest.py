@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import http.server
+import json
 import os
 import re
 import signal
@@ -105,6 +107,23 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The command, not build_all: it also loads the text models' demo word vectors.
     assert models_cli(["build", "--out", str(out)]) == 0
     return out
+
+
+def reply_json(
+    handler: http.server.BaseHTTPRequestHandler,
+    doc: object,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Answer a test server's request with `doc` as JSON, framed by Content-Length."""
+    body = json.dumps(doc).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 @contextlib.contextmanager

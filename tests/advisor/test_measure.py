@@ -23,7 +23,7 @@ from kindling.advisor.measure import (
 from kindling.advisor.measurements import MeasurementError, RuntimeSetting
 from kindling.advisor.results import read_results
 from kindling.advisor.runtime_client import Target, infer_request
-from tests.conftest import serving
+from tests.conftest import reply_json, serving
 
 # A small plan: one thread, two callers at most, few requests (the tests check what is
 # recorded, never how fast).
@@ -237,12 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
             doc: dict = {"name": "m", "max_batch_size": 0}
         else:
             doc = {"name": "m", "inputs": [], "parameters": {"state": "ready"}}
-        body = json.dumps(doc).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply_json(self, doc)
 
     def log_message(self, *args: object) -> None:
         pass

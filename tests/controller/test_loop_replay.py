@@ -12,13 +12,11 @@ PrometheusSource. Every decision, pods and rule, must be the simulator's.
 
 from __future__ import annotations
 
-import json
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 
 from kindling.controller import profiles, workloads
@@ -27,10 +25,10 @@ from kindling.controller.inputs import ModelRef
 from kindling.controller.loop import Controller
 from kindling.controller.prometheus import PrometheusSource
 from kindling.controller.settings import ControllerSettings
-from kindling.controller.sim_pods import Engine
-from kindling.controller.simulate import SimOptions, make_policy
+from kindling.controller.simulate import SimOptions, make_engine, make_policy
 from kindling.controller.targets import Target
 from kindling.controller.telemetry import ControllerMetrics
+from tests.conftest import reply_json, serving
 
 REF = ModelRef("ml", "mobilenet-v2", "mobilenet_v2")
 OVERHEAD_S = 0.3
@@ -44,17 +42,7 @@ def simulated_ticks(profile: profiles.Profile, name: str) -> list[Tick]:
     opts = SimOptions(input="prometheus", pod_overhead_s=OVERHEAD_S)
     policy = make_policy("kindling", profile, opts)
     assert isinstance(policy, Kindling)
-    rng = np.random.default_rng(3)
-    engine = Engine(
-        workload.arrivals,
-        profile.sample_service(rng, workload.requests),
-        workload.end_s,
-        rng,
-        np.asarray(profile.cold_start_s),
-        pod_overhead_s=OVERHEAD_S,
-        drain_s=opts.drain_s,
-    )
-    engine.run(policy)
+    make_engine(workload, profile, 3, opts).run(policy)
     return policy.ticks
 
 
@@ -90,12 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
-        body = json.dumps(self.server.answer(float(query["time"][0]))).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply_json(self, self.server.answer(float(query["time"][0])))
 
     def log_message(self, *args: object) -> None:
         pass
@@ -105,14 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
 def replay(request: pytest.FixtureRequest) -> Iterator[Replay]:
     profile = profiles.load()
     server = Replay(simulated_ticks(profile, request.param), profile)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 class Cluster:

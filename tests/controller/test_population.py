@@ -16,7 +16,13 @@ from kindling.controller import population, profiles, simcli, workloads
 from kindling.controller.baselines import KeepAlive
 from kindling.controller.sim_pods import Engine
 from kindling.controller.sim_population import run_population
-from kindling.controller.simulate import POLICIES, SimOptions, make_policy, run_policy
+from kindling.controller.simulate import (
+    POLICIES,
+    SimOptions,
+    make_engine,
+    make_policy,
+    run_policy,
+)
 
 
 def test_the_population_follows_the_published_shares() -> None:
@@ -133,19 +139,11 @@ class EverySecond:
 def test_skipping_idle_seconds_changes_nothing(workload: str, policy: str) -> None:
     profile = profiles.load()
     w = workloads.make(workload, seed=2, duration_s=6 * 3600.0)
+    opts = SimOptions(pod_overhead_s=0.3)
     runs = []
     for wrap in (False, True):
-        rng = np.random.default_rng(2)
-        e = Engine(
-            w.arrivals,
-            profile.sample_service(rng, w.requests),
-            w.end_s,
-            rng,
-            np.asarray(profile.cold_start_s),
-            pod_overhead_s=0.3,
-            drain_s=30.0,
-        )
-        p = make_policy(policy, profile, SimOptions(pod_overhead_s=0.3))
+        e = make_engine(w, profile, 2, opts)
+        p = make_policy(policy, profile, opts)
         e.run(EverySecond(p) if wrap else p)
         tl = e.timeline
         runs.append(

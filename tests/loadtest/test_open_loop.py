@@ -22,7 +22,7 @@ import pytest
 
 from kindling.loadtest.records import read_csv
 from kindling.loadtest.shapes import ConstantShape
-from tests.conftest import serving
+from tests.conftest import reply_json, serving
 from tests.loadtest.conftest import loadtest_command
 
 SAFETY_S = 60.0  # only a hang waits this long
@@ -65,13 +65,8 @@ class HeldHandler(BaseHTTPRequestHandler):
         with server.lock:
             server.in_flight -= 1
             server.served += 1
-        body = json.dumps({"model_name": "kim_cnn", "outputs": []}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Kindling-Cold-Start", "false")
-        self.end_headers()
-        self.wfile.write(body)
+        doc = {"model_name": "kim_cnn", "outputs": []}
+        reply_json(self, doc, headers={"Kindling-Cold-Start": "false"})
 
     def do_GET(self) -> None:  # /metrics and anything else: not found, quickly
         self.send_response(404)
