@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 # The error's half-life, 120 s: a surprise should keep the margin up for a couple of minutes,
 # longer than the level takes to catch up (30 s half-life below), so the margin outlasts the
@@ -41,6 +42,11 @@ def _check_positive(name: str, value: float) -> None:
 
 class Forecaster(ABC):
     """One model's request rate: observe samples, forecast ahead, report recent error."""
+
+    # Whether a rise it forecasts from idle is foresight (a learned profile's coming burst)
+    # rather than memory (a smoothed level or trend still decaying from the last request):
+    # only such a forecast holds a pod outside the idle window (policy.py).
+    foresees_rises: ClassVar[bool] = False
 
     def __init__(self, error_half_life_s: float = ERROR_HALF_LIFE_S) -> None:
         _check_positive("error_half_life_s", error_half_life_s)
@@ -208,6 +214,8 @@ class Seasonal(Forecaster):
     than `learn_periods` periods, the forecast is blended with a level forecaster (`level`,
     an Ewma by default) in proportion to the periods seen.
     """
+
+    foresees_rises = True
 
     def __init__(
         self,

@@ -20,6 +20,9 @@ in Shahrad et al. ATC'20 §4.1, prices one at 600 pod-seconds):
   times with 10 % margins; here the window is the one the cost says, among the gaps'
   quantiles with the same margin).
 
+Each wake from zero (a cold request, or a pre-warm) also costs `wake_s` pod-seconds of the
+pods Knative adds around it (see WarmPolicy.wake_cost_s), which holding a pod avoids.
+
 The cheapest wins; `None` is step aside. With no cost to compare (too few gaps), nothing is
 held: a model has to show a pattern before it is paid for.
 """
@@ -84,20 +87,26 @@ class Gaps:
 
 
 def window_cost(
-    gaps: Gaps, start: float, end: float, lead_s: float, kpa_keep_s: float, cold_cost_s: float
+    gaps: Gaps,
+    start: float,
+    end: float,
+    lead_s: float,
+    kpa_keep_s: float,
+    cold_cost_s: float,
+    wake_s: float = 0.0,
 ) -> float:
     """Mean cost per gap of holding a pod from `start` to `end` into the idle period: pod
-    time beyond the KPA's own keep, and cold_cost_s for each gap that found no pod. A gap
-    the KPA's keep covers costs nothing. A keep-alive (start within the KPA's keep) holds
-    the KPA's pod on; a pre-warm pays from lead_s before start, and a gap that ends before
-    that costs no pod time."""
+    time beyond the KPA's own keep, cold_cost_s for each gap that found no pod, and wake_s
+    for each wake from zero (a cold one, or a pre-warm). A gap the KPA's keep covers costs
+    nothing. A keep-alive (start within the KPA's keep) holds the KPA's pod on; a pre-warm
+    pays from lead_s before start, and a gap that ends before that costs no pod time."""
     k, c, n = kpa_keep_s, cold_cost_s, len(gaps)
     if start <= k:  # a keep-alive to `end`
         if end <= k:
-            return gaps.count(k, math.inf) * c / n
+            return gaps.count(k, math.inf) * (c + wake_s) / n
         held = gaps.excess(k, end, k)
         late = gaps.count(end, math.inf)
-        return (held + late * (end - k + c)) / n
+        return (held + late * (end - k + c + wake_s)) / n
     paid = max(start - lead_s, k)
     early = gaps.count(k, start - lead_s, closed_hi=False)  # cold, no pod time yet
     # Cold while the pod is starting or not yet ready; g >= start - lead (and > k).
@@ -113,7 +122,9 @@ def window_cost(
     ) * (start - paid)
     late = gaps.count(end, math.inf)
     total = early * c + waiting * c + waited + warm + late * (end - paid + c)
-    return total / n
+    # Every gap past the KPA's keep wakes the Revision once (the pre-warm, or a cold
+    # request before it); one past the window's end wakes it again.
+    return (total + (gaps.count(k, math.inf) + late) * wake_s) / n
 
 
 def best_window(
@@ -124,6 +135,7 @@ def best_window(
     margin: float = 0.10,
     max_end_s: float = 4 * 3600.0,
     min_gaps: int = 10,
+    wake_s: float = 0.0,
 ) -> IdleWindow | None:
     """The cheapest window over `gaps` that held a pod for at least `min_gaps` of them, or
     None where stepping aside costs no more (or there are fewer than `min_gaps` gaps)."""
@@ -132,7 +144,7 @@ def best_window(
     if n < min_gaps:
         return None
     k = kpa_keep_s
-    aside = g.count(k, math.inf) * cold_cost_s / n
+    aside = g.count(k, math.inf) * (cold_cost_s + wake_s) / n
     edges = [quantile(g.sorted, i / EDGE_STEPS) for i in range(EDGE_STEPS + 1)]
     starts = [0.0, *(e * (1 - margin) for e in edges)]
     ends = [min(e * (1 + margin), max_end_s) for e in edges]
@@ -148,7 +160,7 @@ def best_window(
             )
             if inside < min_gaps:
                 continue
-            cost = window_cost(g, start, end, lead_s, k, cold_cost_s)
+            cost = window_cost(g, start, end, lead_s, k, cold_cost_s, wake_s)
             if best is None or cost < best[0]:
                 best = (cost, start, end)
     if best is None or not best[0] < aside:

@@ -218,6 +218,7 @@ class ControllerSettings:
         return WarmPolicy(
             cold_start_s=cold_start_s,
             reaction_delay_s=self.interval_s + self.input_timeout_s,
+            sample_interval_s=self.interval_s,
             target_concurrency=concurrency_target,
             margin_k=self.margin_k if margin_k is None else margin_k,
             cooldown_s=self.cooldown_s,

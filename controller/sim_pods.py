@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 import numpy as np
@@ -63,6 +63,10 @@ class Timeline:
     pods: list[int] = field(default_factory=list)
     cold: list[int] = field(default_factory=list)
     forecast: list[float] = field(default_factory=list)
+
+    def after(self, second: int) -> Timeline:
+        """The seconds from `second` on (a run's counted part, after its history)."""
+        return Timeline(*(getattr(self, f.name)[second:] for f in fields(self)))
 
 
 class Engine:

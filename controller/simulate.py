@@ -22,7 +22,7 @@ from kindling.controller.policy import WarmPolicy
 from kindling.controller.profiles import Profile
 from kindling.controller.settings import ControllerSettings
 from kindling.controller.sim_pods import Engine, Timeline
-from kindling.controller.workloads import Workload
+from kindling.controller.workloads import SCALE_TO_ZERO_S, Workload
 
 POLICIES = ("knative-kpa", "kpa-static-floor", "keepalive-10m", "hybrid-histogram", "kindling")
 # The static floor's search stops here: a floor this high is a fleet, not a setting.
@@ -93,6 +93,13 @@ class SimOptions:
     # created before the run), and the KPA's own starting scale. Knative's default 1; 0 for
     # a Revision created at zero, as the chart's real runs compared with this one start.
     initial_scale: int = 1
+    # Live through "yesterday" first: the run starts on the workload of the seed the static
+    # floor is tuned on (Workload.remake(seed + 1)) and goes straight on into the evaluated
+    # one, and only the evaluated one is counted. A controller that has been running
+    # comes to a day with the past days' history, as a user comes to it with the floor
+    # they set from yesterday; without it every learning policy starts each run knowing
+    # nothing while the floor starts tuned. Every policy gets the same history.
+    history: bool = False
 
 
 @dataclass
@@ -211,9 +218,11 @@ def run_policy(
         floor, tuned_on = static_floor(workload, profile, seed, opts)
         opts = replace(opts, static_floor=floor)
         knob = {"min_scale": floor, "tuned_on_seed": tuned_on, **(knob or {})}
+    since = min(opts.warmup_s, workload.end_s)
+    if opts.history:
+        workload, since = with_history(workload, seed)
     engine = make_engine(workload, profile, seed, opts)
     policy = make_policy(name, profile, opts)
-    since = min(opts.warmup_s, workload.end_s)
     if stop_on_cold:
         engine.stop_on_cold_after = since
     engine.run(policy, opts.initial_scale)
@@ -236,8 +245,27 @@ def run_policy(
         pods_started=engine.pods_started(since),
         unserved=unserved,
         knob=knob or {},
-        timeline=engine.timeline,
+        timeline=engine.timeline.after(int(since)) if opts.history else engine.timeline,
         latencies_ms=latency_ms,
+    )
+
+
+def with_history(workload: Workload, seed: int) -> tuple[Workload, float]:
+    """`workload` preceded by yesterday's (its remake on seed + 1, the static floor's tuning
+    data), and the time the evaluated part starts: yesterday without its closing silence
+    (every workload ends with SCALE_TO_ZERO_S of it), so the days join as in a running
+    cluster. A workload that cannot be remade is its own yesterday."""
+    yesterday = workload.remake(seed + 1) if workload.remake is not None else workload
+    last = float(yesterday.arrivals[-1]) if yesterday.requests else 0.0
+    shift = max(yesterday.end_s - SCALE_TO_ZERO_S, last)
+    return (
+        replace(
+            workload,
+            arrivals=np.concatenate([yesterday.arrivals, workload.arrivals + shift]),
+            end_s=shift + workload.end_s,
+            offered_rps=None,
+        ),
+        shift,
     )
 
 
@@ -253,7 +281,7 @@ def static_floor(
         tuned_on = seed + 1
         tuning = workload.remake(tuned_on)
     for floor in range(max(opts.min_scale, 0), MAX_STATIC_FLOOR):
-        trial = replace(opts, min_scale=floor, static_floor=None)
+        trial = replace(opts, min_scale=floor, static_floor=None, history=False)
         trial_run = run_policy("knative-kpa", tuning, profile, tuned_on, trial, stop_on_cold=True)
         if trial_run.cold_requests == 0:
             return floor, tuned_on

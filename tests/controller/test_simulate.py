@@ -29,6 +29,7 @@ from kindling.controller.simulate import (
     make_forecaster,
     run_policy,
     sweep,
+    with_history,
 )
 
 COLD_S = 0.5
@@ -204,6 +205,32 @@ def test_the_static_floor_is_tuned_on_another_seed_and_holds_its_pods() -> None:
     assert run_policy("kpa-static-floor", fixed, profile, seed=0).knob["tuned_on_seed"] == 0
 
 
+def test_history_lives_through_yesterday_and_counts_only_today() -> None:
+    """--history: every policy first runs through the static floor's tuning day (the next
+    seed), joined to the evaluated day without yesterday's closing silence, and only the
+    evaluated day is counted; a learning policy comes to it knowing yesterday."""
+    profile = profiles.load()
+    today = workloads.make("timer-5m", seed=0, duration_s=3600.0)
+    yesterday = today.remake(1)  # type: ignore[misc]
+    joined, since = with_history(today, 0)
+    assert since == yesterday.end_s - workloads.SCALE_TO_ZERO_S > yesterday.arrivals[-1]
+    assert np.array_equal(joined.arrivals[: yesterday.requests], yesterday.arrivals)
+    assert np.array_equal(joined.arrivals[yesterday.requests :], today.arrivals + since)
+    assert joined.end_s == since + today.end_s
+    runs = {
+        history: {
+            n: run_policy(n, today, profile, 0, SimOptions(history=history)) for n in POLICIES
+        }
+        for history in (False, True)
+    }
+    assert {r.requests for r in runs[True].values()} == {today.requests}
+    assert runs[True]["kpa-static-floor"].knob["tuned_on_seed"] == 1
+    # Without history the timer's first gaps are cold while its window is learned; with
+    # yesterday's gaps it is pre-warmed from the first.
+    assert runs[False]["kindling"].cold_requests > 0
+    assert runs[True]["kindling"].cold_requests == 0 < runs[True]["knative-kpa"].cold_requests
+
+
 def test_pods_started_counts_every_start_after_the_warm_up() -> None:
     """Instances started (Lambda's count of cold starts): the initial pod is not one, a
     pod started for a request is, whether or not the request waited on it."""
@@ -265,6 +292,11 @@ def test_cli_json_plot_and_pareto(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(
         f"mmpp-40-{p}.png" for p in POLICIES
     )
+    argv = ["--workload", "mmpp-40", "--duration", "150", "--history", "--policy", "kindling"]
+    assert simcli.main([*argv, "--json"]) == 0
+    (history,) = json.loads(capsys.readouterr().out)
+    today = workloads.make("mmpp-40", seed=0, duration_s=150.0)
+    assert history["requests"] == today.requests  # all of today counted, none of yesterday
     argv = ["--workload", "mmpp-40", "--duration", "100", "--pareto", str(tmp_path / "par")]
     assert simcli.main(argv) == 0
     points = json.loads((tmp_path / "par" / "pareto-mmpp-40.json").read_text())
