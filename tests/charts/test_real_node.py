@@ -251,8 +251,8 @@ def redis_values(registry: str, tables: list[Any]) -> dict[str, Any]:
 
 
 def install_values(cluster: ControlPlane, namespace: str, values: Any, tmp_path: Path) -> None:
-    """helm install with a values file; helm waits for the post-install loader Jobs, so
-    the tables are in Redis when it returns."""
+    """helm install with a values file, then a wait for the loader Jobs (plain Jobs: helm
+    does not wait for them), so the tables are in Redis when it returns."""
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     proc = cluster.helm(
@@ -260,6 +260,11 @@ def install_values(cluster: ControlPlane, namespace: str, values: Any, tmp_path:
         "--values", str(values_file), f"--timeout={SAFETY_S}s", check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    if values.get("embeddings", {}).get("loader", {}).get("tables"):
+        cluster.kubectl(
+            "wait", "--for=condition=complete", "job", "-n", namespace,
+            "-l", f"{INSTANCE},app.kubernetes.io/component=loader", f"--timeout={SAFETY_S}s",
+        )  # fmt: skip
 
 
 def test_the_text_models_read_their_tables_from_the_charts_redis(

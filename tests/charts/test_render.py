@@ -192,7 +192,12 @@ def test_a_models_own_keys_win_over_model_defaults_even_zero_and_null(render: An
             {"name": "minilm", "resources": {"requests": {"memory": "1Gi"}}},
         ]
     )
-    sets = ("modelDefaults.autoscaling.minScale=1", "modelDefaults.gpu=true")
+    # A GPU model needs a model of its own: an image here (validateValues).
+    sets = (
+        "modelDefaults.autoscaling.minScale=1",
+        "modelDefaults.gpu=true",
+        "modelDefaults.image.repository=registry.example.com/text-models",
+    )
     objects = render("defaults.yaml", sets=sets, extra=("--set-json", f"models={models}"))
     kim, minilm = runtimes(objects)["kim_cnn"], runtimes(objects)["minilm"]
     assert kim["spec"]["template"]["metadata"]["annotations"][MIN_SCALE] == "0"
@@ -441,14 +446,17 @@ def _expanded(variables: dict[str, Any], password: str) -> dict[str, str]:
     }
 
 
-def test_the_loader_jobs_are_hooks_that_run_the_loader_cli(render: Any) -> None:
-    objects = render("redis.yaml")
-    jobs = {j["metadata"]["labels"]["kindling.dev/table"]: j for j in by_kind(objects, "Job")}
+def loader_jobs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {j["metadata"]["labels"]["kindling.dev/table"]: j for j in by_kind(objects, "Job")}
+
+
+def test_the_loader_jobs_are_plain_jobs_that_run_the_loader_cli(render: Any) -> None:
+    jobs = loader_jobs(render("redis.yaml"))
     assert set(jobs) == {"word2vec", "glove"}
     for table, job in jobs.items():
-        annotations = job["metadata"]["annotations"]
-        assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
-        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        # Not a Helm hook: the install does not wait for a load.
+        assert not any(k.startswith("helm.sh/") for k in job["metadata"].get("annotations", {}))
+        assert re.fullmatch(rf"{RELEASE}-load-{table}-[0-9a-f]{{10}}", job["metadata"]["name"])
         spec = job["spec"]["template"]["spec"]
         assert spec["restartPolicy"] == "Never"
         (load,) = spec["containers"]
@@ -510,6 +518,57 @@ def test_external_redis_and_redis_cluster_urls(
         assert variables["REDIS_PASSWORD"] == {
             "secretKeyRef": {"name": "redis-credentials", "key": "password"}
         }
+
+
+def test_a_loader_job_is_renamed_only_when_its_spec_changes(render: Any) -> None:
+    """The name ends with a hash of the Job's spec: an upgrade that changes nothing in it
+    keeps the finished Job (no reload), one that changes the table or the loader's image
+    makes a new Job; tables whose names differ only in _ and - get different Jobs."""
+    names = {t: j["metadata"]["name"] for t, j in loader_jobs(render("redis.yaml")).items()}
+    again = {t: j["metadata"]["name"] for t, j in loader_jobs(render("redis.yaml")).items()}
+    assert again == names
+    # Something that is not the loader's (a model's setting) leaves both names alone.
+    other = render("redis.yaml", sets=("modelDefaults.containerConcurrency=4",))
+    assert {t: j["metadata"]["name"] for t, j in loader_jobs(other).items()} == names
+    dtype = render("redis.yaml", sets=("embeddings.loader.tables[0].dtype=float32",))
+    changed = {t: j["metadata"]["name"] for t, j in loader_jobs(dtype).items()}
+    assert changed["word2vec"] != names["word2vec"] and changed["glove"] == names["glove"]
+    image = render("redis.yaml", sets=("runtime.image.tag=0.2.0",))
+    assert not set(names.values()) & {j["metadata"]["name"] for j in by_kind(image, "Job")}
+    tables = [
+        {"name": name, "format": "glove", "url": "https://vectors.example.com/v.txt"}
+        for name in ("demo_300", "demo-300")
+    ]
+    twins = render(
+        "redis.yaml",
+        extra=("--set-json", f"embeddings.loader.tables={json.dumps(tables)}",
+               "--set", "embeddings.externalTables={word2vec}"),
+    )  # fmt: skip
+    jobs = by_kind(twins, "Job")
+    assert len({j["metadata"]["name"] for j in jobs}) == len(jobs) == 2
+    assert all(j["metadata"]["name"].startswith(f"{RELEASE}-load-demo-300-") for j in jobs)
+
+
+@pytest.mark.parametrize(
+    "removed",
+    [
+        "gpuPool.nodeSelector", "gpuPool.tolerations", "modelDefaults.tolerations",
+        "modelDefaults.nodeSelector", "modelDefaults.resources", "modelDefaults.podLabels",
+        "runtime.podLabels", "runtime.podAnnotations", "runtime.settings", "commonAnnotations",
+        "controller.serviceAccount.annotations",
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("mode", ["knative", "raw"])
+def test_a_default_map_removed_with_null_renders(render: Any, removed: str, mode: str) -> None:
+    """Helm's way to drop a default map or list is `key: null`; the chart renders without
+    it instead of failing inside a template function."""
+    sets = (
+        f"serving.mode={mode}", f"controller.enabled={str(mode == 'knative').lower()}",
+        "models[0].name=mobilenet_v2", "models[0].gpu=true",
+        "models[0].image.repository=registry.example.com/gpu-models", f"{removed}=null",
+    )  # fmt: skip
+    (model,) = runtimes(render(sets=sets)).values()
+    assert model["kind"] in ("Service", "Deployment")
 
 
 def test_runtime_settings_reach_the_runtime_under_its_own_names(render: Any) -> None:
@@ -611,7 +670,8 @@ def test_a_models_prewarm_margin_is_an_annotation_the_controller_reads(render: A
 
 def test_embedding_settings_reach_the_store_under_its_own_names(render: Any) -> None:
     sets = (
-        "redis.enabled=true", "embeddings.settings.cacheSize=0", "embeddings.settings.oov=unk",
+        "redis.enabled=true", "embeddings.externalTables={demo300,demo50}",
+        "embeddings.settings.cacheSize=0", "embeddings.settings.oov=unk",
         "embeddings.settings.unkToken=UNK", "embeddings.settings.aliasTtl=0",
         "embeddings.settings.maxWords=100", "embeddings.settings.redisConnectTimeout=1",
         "embeddings.settings.redisSocketTimeout=2", "embeddings.settings.redisRetries=3",

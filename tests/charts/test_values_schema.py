@@ -126,6 +126,14 @@ def test_validate_values_reports_every_problem_at_once(helm: Helm) -> None:
             ),
             "the loader writes to Redis",
         ),
+        (
+            ("models[0].name=mobilenet_v2", "models[0].gpu=true"),
+            "models[mobilenet_v2]: a gpu model runs the GPU pool's image, which holds no model",
+        ),
+        (
+            ("redis.enabled=true",),
+            "models[kim_cnn]: reads table demo300 from the built-in Redis, which nothing loads",
+        ),
     ],
 )
 def test_validate_values_refuses_combinations(
@@ -134,6 +142,21 @@ def test_validate_values_refuses_combinations(
     args = [a for s in sets for a in ("--set", s)]
     proc = helm.run("template", "kindling", str(CHART), *args, check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.integration  # helm runs as a real process
+def test_tables_loaded_outside_the_chart_are_named_not_guessed(helm: Helm) -> None:
+    """With the built-in Redis, every table a model reads is either the loader's or one
+    the user says they load themselves; then the default text models render."""
+    sets = ("redis.enabled=true", "embeddings.externalTables={demo300}")
+    args = [a for s in sets for a in ("--set", s)]
+    proc = helm.run("template", "kindling", str(CHART), *args, check=False)
+    assert proc.returncode != 0
+    assert "models[sm_cnn]: reads table demo50" in proc.stderr
+    assert "models[kim_cnn]" not in proc.stderr
+    sets = ("redis.enabled=true", "embeddings.externalTables={demo300,demo50}")
+    args = [a for s in sets for a in ("--set", s)]
+    assert helm.run("template", "kindling", str(CHART), *args).returncode == 0
 
 
 def _documented() -> list[str]:

@@ -8,6 +8,10 @@ at a time), collected into one list, so a bad install fails once with all its me
 {{- $redis := include "kindling.redis.enabled" . -}}
 {{- $raw := eq .Values.serving.mode "raw" -}}
 {{- $seen := dict -}}
+{{- $loaded := concat (default list .Values.embeddings.externalTables) (list) -}}
+{{- range .Values.embeddings.loader.tables -}}
+{{- $loaded = append $loaded .name -}}
+{{- end -}}
 {{- range $model := $models -}}
 {{- $where := printf "models[%s]" $model.name -}}
 {{- $object := include "kindling.model.name" (dict "root" $ "model" $model) -}}
@@ -20,6 +24,12 @@ at a time), collected into one list, so a bad install fails once with all its me
 {{- end -}}
 {{- if and $model.modelUri $model.embeddingTable (not $redis) -}}
 {{- $messages = append $messages (printf "%s: a modelUri text model reads its table %s from Redis: set redis.enabled=true or externalRedis.url" $where $model.embeddingTable) -}}
+{{- end -}}
+{{- if and $model.gpu (not $model.modelUri) (not $model.image.repository) -}}
+{{- $messages = append $messages (printf "%s: a gpu model runs the GPU pool's image, which holds no model: set modelUri (with config) or image" $where) -}}
+{{- end -}}
+{{- if and $model.embeddingTable $.Values.redis.enabled (not (has $model.embeddingTable $loaded)) -}}
+{{- $messages = append $messages (printf "%s: reads table %s from the built-in Redis, which nothing loads: add it to embeddings.loader.tables, list it in embeddings.externalTables if you load it yourself, or set redis.enabled=false to read the image's built-in tables" $where $model.embeddingTable) -}}
 {{- end -}}
 {{- $scale := $model.autoscaling -}}
 {{- if and (gt (int $scale.maxScale) 0) (gt (int $scale.minScale) (int $scale.maxScale)) -}}

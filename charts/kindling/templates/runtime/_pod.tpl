@@ -4,7 +4,7 @@
 {{- define "kindling.runtime.podLabels" -}}
 {{ include "kindling.model.selectorLabels" . }}
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
-{{- with mergeOverwrite (deepCopy .root.Values.runtime.podLabels) .model.podLabels }}
+{{- with mergeOverwrite (deepCopy (default dict .root.Values.runtime.podLabels)) (default dict .model.podLabels) }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
@@ -22,7 +22,7 @@ checksum/model-config: {{ include "kindling.model.config" . | sha256sum }}
 {{- if and .model.embeddingTable (include "kindling.redis.checksum" .root) }}
 checksum/redis-secret: {{ include "kindling.redis.checksum" .root }}
 {{- end }}
-{{- with mergeOverwrite (deepCopy .root.Values.runtime.podAnnotations) .model.podAnnotations }}
+{{- with mergeOverwrite (deepCopy (default dict .root.Values.runtime.podAnnotations)) (default dict .model.podAnnotations) }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
@@ -39,9 +39,9 @@ checksum/redis-secret: {{ include "kindling.redis.checksum" .root }}
 {{- define "kindling.runtime.container" -}}
 {{- $root := .root -}}
 {{- $model := .model -}}
-{{- $settings := deepCopy $root.Values.runtime.settings -}}
+{{- $settings := deepCopy (default dict $root.Values.runtime.settings) -}}
 {{- include "kindling.deepSet" (dict "dst" $settings "src" $model.settings) -}}
-{{- $resources := deepCopy $model.resources -}}
+{{- $resources := deepCopy (default dict $model.resources) -}}
 {{- if $model.gpu -}}
 {{- $limits := $resources.limits | default dict -}}
 {{- $_ := set $limits $root.Values.gpuPool.resourceName (int $root.Values.gpuPool.gpusPerPod) -}}
@@ -164,17 +164,17 @@ enableServiceLinks: false
 serviceAccountName: {{ . }}
 {{- end }}
 {{- include "kindling.imagePullSecrets" $root }}
-{{- $nodeSelector := deepCopy $model.nodeSelector }}
+{{- $nodeSelector := deepCopy (default dict $model.nodeSelector) }}
 {{- if $model.gpu }}
-{{- $nodeSelector = mergeOverwrite $nodeSelector $pool.nodeSelector }}
+{{- $nodeSelector = mergeOverwrite $nodeSelector (default dict $pool.nodeSelector) }}
 {{- end }}
 {{- with $nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- $tolerations := $model.tolerations }}
+{{- $tolerations := default list $model.tolerations }}
 {{- if $model.gpu }}
-{{- $tolerations = concat $tolerations $pool.tolerations }}
+{{- $tolerations = concat $tolerations (default list $pool.tolerations) }}
 {{- end }}
 {{- with $tolerations }}
 tolerations:
