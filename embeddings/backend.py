@@ -78,6 +78,10 @@ class Backend(Protocol):
     def drop_versions(self, table: str) -> list[str]:
         """Delete every version but the live one; return the ids removed."""
 
+    def snapshot(self) -> None:
+        """Ask the store to persist what it holds now, in the background (Redis: BGSAVE on
+        every primary); KindlingError when it refuses. A file store is already on disk."""
+
     def close(self) -> None: ...
 
 

@@ -171,6 +171,9 @@ class FileBackend:
         version = new_version(max(sequences, default=0) + 1)
         return FileVersionWriter(directory, table, version, lock)
 
+    def snapshot(self) -> None:
+        """Nothing to do: every version is written to disk as it loads."""
+
     def drop_versions(self, table: str) -> list[str]:
         """Remove all but the live version, crashed loads' .tmp- directories included;
         call it only while holding the table's load lock."""

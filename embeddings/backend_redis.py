@@ -101,6 +101,19 @@ def unavailable(exc: Exception) -> DependencyUnavailable:
     return DependencyUnavailable(f"redis unavailable: {exc}")
 
 
+def refused(exc: redis.RedisError) -> LoadError:
+    """A write Redis answered with an error; a full one says what to raise. With
+    `maxmemory` and `noeviction` (the chart's Redis) a full Redis refuses writes rather
+    than being killed mid-load, and the aborted version leaves the live one serving."""
+    hint = ""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        hint = (
+            " (Redis is at its maxmemory: give it more memory, e.g. the chart's "
+            "redis.resources.limits.memory, or load fewer words with --vocab)"
+        )
+    return LoadError(f"redis refused a write: {exc}{hint}")
+
+
 class RedisBackend:
     def __init__(
         self,
@@ -341,6 +354,20 @@ class RedisBackend:
             raise unavailable(exc) from exc
         self.call(lambda c: c.srem(keys.versions(table), version))
 
+    def snapshot(self) -> None:
+        """BGSAVE on every primary. One already running (an automatic save) is as good."""
+
+        def bgsave(client: Client) -> object:
+            if self.cluster:
+                return client.bgsave(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+            return client.bgsave()
+
+        try:
+            self.call(bgsave)
+        except KindlingError as exc:
+            if "already in progress" not in str(exc):
+                raise
+
     def drop_versions(self, table: str) -> list[str]:
         live = self.resolve(table)
         members = self.call(lambda c: c.smembers(keys.versions(table)))
@@ -433,7 +460,7 @@ class RedisVersionWriter:
             self.backend.errors.inc()
             raise unavailable(exc) from exc
         except redis.RedisError as exc:
-            raise LoadError(f"redis refused a write: {exc}") from exc
+            raise refused(exc) from exc
         self.written += len(words)
         self._refresh_lock()
 
@@ -472,7 +499,7 @@ class RedisVersionWriter:
         except UNAVAILABLE as exc:
             raise unavailable(exc) from exc
         except redis.RedisError as exc:
-            raise LoadError(f"redis refused a write: {exc}") from exc
+            raise refused(exc) from exc
         self._release_connections()
         if self.confirmed != self.written or meta.count > self.written:
             raise LoadError(

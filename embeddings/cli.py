@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--allow-dim-change", action="store_true", help="replace a table of another dimension"
     )
+    load.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="once the table is live, ask Redis for a background snapshot (BGSAVE): for a "
+        "Redis that takes no automatic ones, so that none forks mid-load (the chart's)",
+    )
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     _store_flags(load)
 
@@ -123,6 +129,14 @@ def _load(args: argparse.Namespace, settings: EmbeddingSettings) -> int:
             grace=args.grace,
             progress=None if args.quiet else Progress(f"load {args.table}"),
         )
+        snapshot = ""
+        if args.snapshot:
+            try:
+                backend.snapshot()
+                snapshot = "; snapshot started"
+            except KindlingError as exc:
+                # The table is live and whole: a retry would only load it again.
+                snapshot = f"; no snapshot ({exc})"
     finally:
         backend.close()
     print(
@@ -131,6 +145,7 @@ def _load(args: argparse.Namespace, settings: EmbeddingSettings) -> int:
         f"({report.rate:,.0f} vectors/s)"
         + (f"; skipped {report.skipped:,} not in --vocab" if report.skipped else "")
         + (f"; removed versions {', '.join(report.dropped)}" if report.dropped else "")
+        + snapshot
     )
     return 0
 

@@ -55,6 +55,7 @@ class RedisServer:
         port: int | None = None,
         options: Sequence[str] = (),
         persistent: bool = False,
+        config_file: Path | None = None,
     ) -> None:
         executable = redis_server_path()
         if executable is None:
@@ -70,8 +71,10 @@ class RedisServer:
             if persistent
             else ["--appendonly", "no"]
         )
+        # A config file comes first (redis-server's rule); the flags after it win.
         self.args = [
             executable,
+            *([str(config_file)] if config_file else []),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),

@@ -418,6 +418,16 @@ def test_the_built_in_redis_and_its_password(render: Any) -> None:
     }
     config = named(objects, "ConfigMap", f"{RELEASE}-redis")["data"]["redis.conf"]
     assert "include /tmp/auth.conf" in config and "requirepass" not in config
+    # 3/4 of the 1Gi limit, refusing writes when full; snapshots only on request and on stop
+    # (tests/charts/test_redis_config.py runs this file on a real redis-server).
+    lines = set(config.splitlines())
+    assert {"maxmemory 805306368", "maxmemory-policy noeviction", 'save ""'} <= lines
+    assert "shutdown-on-sigterm save" in lines
+    for job in by_kind(objects, "Job"):
+        assert "--snapshot" in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    # Alive while LOADING a large snapshot, ready only on PONG.
+    assert "LOADING*" in redis["livenessProbe"]["exec"]["command"][-1]
+    assert "LOADING" not in redis["readinessProbe"]["exec"]["command"][-1]
 
     models = runtimes(objects)
     kim = runtime_container(models["kim_cnn"])

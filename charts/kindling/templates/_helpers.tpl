@@ -282,13 +282,25 @@ redis-password
 {{- $auth.resolvedPassword -}}
 {{- end -}}
 
-{{/* kindling.redis.ping: the Redis probes' shell command, with the password read from its file when auth is on. */}}
+{{/* kindling.redis.ping: the Redis probes' shell command, with the password read from its file when auth is on; (dict "root" $ "loading" true) also passes while Redis is LOADING its snapshot (alive, not yet ready). */}}
 {{- define "kindling.redis.ping" -}}
-{{- if .Values.redis.auth.enabled -}}
-REDISCLI_AUTH="$(cat /etc/redis-auth/password)" && export REDISCLI_AUTH && [ "$(redis-cli -p {{ .Values.redis.service.port }} ping)" = PONG ]
-{{- else -}}
-[ "$(redis-cli -p {{ .Values.redis.service.port }} ping)" = PONG ]
+{{- $port := .root.Values.redis.service.port -}}
+{{- if .root.Values.redis.auth.enabled -}}
+REDISCLI_AUTH="$(cat /etc/redis-auth/password)" && export REDISCLI_AUTH && {{/**/ -}}
 {{- end -}}
+{{- if .loading -}}
+case "$(redis-cli -p {{ $port }} ping)" in PONG|LOADING*) ;; *) exit 1 ;; esac
+{{- else -}}
+[ "$(redis-cli -p {{ $port }} ping)" = PONG ]
+{{- end -}}
+{{- end -}}
+
+{{/* kindling.bytes: a Kubernetes memory quantity ("1Gi", "512Mi", "4G", "1000") in bytes. */}}
+{{- define "kindling.bytes" -}}
+{{- $quantity := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $quantity -}}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- mulf (float64 $number) (get $units (trimPrefix $number $quantity)) | int64 -}}
 {{- end -}}
 
 {{/* kindling.redis.checksum: a hash of the chart-made Redis Secret, so clients roll when the password changes; empty with an existingSecret. */}}
