@@ -309,16 +309,16 @@ def test_the_controller_role_is_least_privilege(render: Any) -> None:
     assert role["rules"] == [
         {
             "apiGroups": ["serving.knative.dev"],
-            "resources": ["services", "routes"],
-            "verbs": ["get", "list", "watch"],
+            "resources": ["services"],
+            "verbs": ["get", "list"],
         },
         {
             "apiGroups": ["serving.knative.dev"],
             "resources": ["revisions"],
-            "verbs": ["get", "list", "watch", "patch"],
+            "verbs": ["get", "list", "patch"],
         },
-        # No Prometheus URL: it scrapes the runtime pods itself, so it reads their addresses.
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        # No Prometheus URL: it scrapes the runtime pods itself, so it lists their addresses.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {
             "apiGroups": ["coordination.k8s.io"],
@@ -326,7 +326,7 @@ def test_the_controller_role_is_least_privilege(render: Any) -> None:
             "resourceNames": [f"{RELEASE}-controller"],
             "verbs": ["get", "update"],
         },
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
     legacy = named(
         render("defaults.yaml", sets=("controller.podAutoscalerAccess=true",)),
@@ -336,7 +336,7 @@ def test_the_controller_role_is_least_privilege(render: Any) -> None:
     assert {
         "apiGroups": ["autoscaling.internal.knative.dev"],
         "resources": ["podautoscalers"],
-        "verbs": ["get", "list", "watch", "patch"],
+        "verbs": ["get", "patch"],
     } in legacy["rules"]
     # Raw mode: the scale of this release's Deployments, by name, and no Knative rule.
     raw = render("raw-gpu.yaml", sets=("controller.enabled=true",))

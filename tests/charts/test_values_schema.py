@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 import yaml
@@ -134,6 +135,10 @@ def test_validate_values_reports_every_problem_at_once(helm: Helm) -> None:
             ("redis.enabled=true",),
             "models[kim_cnn]: reads table demo300 from the built-in Redis, which nothing loads",
         ),
+        (
+            ("controller.knativeVersion=1.20",),
+            "controller.knativeVersion 1.20: before 1.21 the controller patches PodAutoscalers",
+        ),
     ],
 )
 def test_validate_values_refuses_combinations(
@@ -162,6 +167,24 @@ def test_tables_loaded_outside_the_chart_are_named_not_guessed(helm: Helm) -> No
 def _documented() -> list[str]:
     text = (CHART / "values.yaml").read_text()
     return re.findall(r"^\s*## @param ([\w.\[\]]+)", text, re.MULTILINE)
+
+
+def test_the_parameter_table_never_shows_an_empty_default_for_a_set_one() -> None:
+    """readme-generator prints [] or {} for a value marked [array] or [object], whatever it
+    holds: such a mark is only for empty defaults, or for nested ones whose description
+    gives the default itself (the generator cannot print them)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    marked = re.findall(
+        r"^\s*## @param ([\w.]+) \[(?:array|object)\] (.*)$",
+        (CHART / "values.yaml").read_text(),
+        re.MULTILINE,
+    )
+    assert marked
+    for path, description in marked:
+        node: Any = values
+        for key in path.split("."):
+            node = node[key]
+        assert not node or "(default" in description, path
 
 
 def test_every_documented_value_has_a_schema_entry() -> None:

@@ -70,6 +70,12 @@ at a time), collected into one list, so a bad install fails once with all its me
 {{- if and .Values.embeddings.loader.tables (not $redis) -}}
 {{- $messages = append $messages "embeddings.loader.tables: the loader writes to Redis: set redis.enabled=true or externalRedis.url" -}}
 {{- end -}}
+{{- $knative := .Values.controller.knativeVersion | toString -}}
+{{- if and .Values.controller.enabled (not $raw) (ne $knative "auto") (not .Values.controller.podAutoscalerAccess) -}}
+{{- if semverCompare "<1.21-0" (printf "%s.0" $knative) -}}
+{{- $messages = append $messages (printf "controller.knativeVersion %s: before 1.21 the controller patches PodAutoscalers; set controller.podAutoscalerAccess=true" $knative) -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.modelCache.enabled -}}
 {{- if and (eq .Values.modelCache.type "pvc") (not .Values.modelCache.existingClaim) -}}
 {{- $messages = append $messages "modelCache: type pvc needs modelCache.existingClaim" -}}
