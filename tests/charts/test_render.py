@@ -942,3 +942,20 @@ def test_notes_show_how_to_call_each_model_and_no_secret(helm: Helm) -> None:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def test_the_chart_lists_the_images_its_defaults_run(render: Any) -> None:
+    """Chart.yaml's `images` annotation (for mirroring) names exactly the images the
+    default values run: the runtime, the controller, Redis, the loader's fetcher, and the
+    GPU runtime for a gpu model."""
+    listed = yaml.safe_load(
+        yaml.safe_load((CHART / "Chart.yaml").read_text())["annotations"]["images"]
+    )
+    objects = render(
+        "redis.yaml",
+        sets=("models[1].name=resnet18", "models[1].gpu=true",
+              "models[1].modelUri=https://models.example.com/resnet18.onnx",
+              "models[1].config.inputs[0].name=x", "models[1].config.outputs[0].name=y"),
+    )  # fmt: skip
+    rendered = {c["image"] for o in objects for c in containers(o)}
+    assert {i["image"] for i in listed} == rendered

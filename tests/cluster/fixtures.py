@@ -58,8 +58,8 @@ def pushed_images(
 ) -> dict[str, str]:
     """The project's images, as `make cluster` pushes them: built once per session by
     docker/build_images.py (the runtime with every sample model baked in, the controller,
-    Redis), tagged with the chart's appVersion, in the cluster's registry; the probe beside
-    them. Name -> reference."""
+    Redis), tagged with the chart's appVersion, pushed to the cluster's registry by
+    docker/publish.py as `make push` does; the probe beside them. Name -> reference."""
     assert cluster.registry is not None
     report = tmp_path_factory.mktemp("images") / "images.json"
     build = subprocess.run(
@@ -68,14 +68,18 @@ def pushed_images(
         capture_output=True, text=True, timeout=1700,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    pushed = {}
-    for name, built in json.loads(report.read_text())["images"].items():
-        pushed[name] = f"{cluster.registry}/kindling-{name}:{APP_VERSION}"
-        push = subprocess.run(
-            ["podman", "push", "--tls-verify=false", built["tag"], f"docker://{pushed[name]}"],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert push.returncode == 0, push.stderr[-4000:]
+    # What a user runs to publish them (`make push`'s first half).
+    push = subprocess.run(
+        [sys.executable, str(REPO / "docker" / "publish.py"), "images",
+         "--registry", cluster.registry, "--tag", APP_VERSION, "--tls-verify", "false"],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert push.returncode == 0, push.stderr[-4000:]
+    pushed = {
+        name: f"{cluster.registry}/kindling-{name}:{APP_VERSION}"
+        for name in json.loads(report.read_text())["images"]
+    }
+    assert sorted(push.stdout.split()) == sorted(pushed.values())
     images.probe().push(cluster.registry, "kindling-probe", APP_VERSION)
     pushed["probe"] = f"{cluster.registry}/kindling-probe:{APP_VERSION}"
     return pushed
