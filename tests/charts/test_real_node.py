@@ -106,6 +106,12 @@ def test_the_raw_install_serves_every_model_on_the_real_node(
     assert not {p.metadata.name for p in rolled} & before
     assert all(p.metadata.annotations.get("rolled") == "yes" for p in rolled)
 
+    # `helm test`: the chart's own pod asks the first model's readiness through its Service.
+    tested = cluster.helm("test", "kindling", "--namespace", node_namespace, "--logs",
+                          f"--timeout={SAFETY_S}s", check=False)  # fmt: skip
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "kim-cnn" in tested.stdout and "/v2/health/ready 200" in tested.stdout, tested.stdout
+
     # Uninstalled, nothing of the release is left, pods included.
     cluster.helm("uninstall", "kindling", "--namespace", node_namespace, "--wait",
                  f"--timeout={SAFETY_S}s")  # fmt: skip

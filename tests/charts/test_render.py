@@ -815,6 +815,9 @@ def test_network_policies_select_the_right_pods(render: Any, values: str) -> Non
         if pod_template(o)
     }
 
+    for pod in by_kind(objects, "Pod"):  # helm test's
+        pods[f"Pod/{pod['metadata']['name']}"] = pod["metadata"]["labels"]
+
     def component(labels: dict[str, str]) -> str:
         return labels["app.kubernetes.io/component"]
 
@@ -828,18 +831,18 @@ def test_network_policies_select_the_right_pods(render: Any, values: str) -> Non
         for rule in runtime["ingress"]
         if "namespaceSelector" in rule["from"][0]
     ]
-    # The controller scrapes the runtimes' /metrics itself (no Prometheus URL is set), on
-    # the metrics port alone.
+    # Pods of the release that reach the runtimes, on the runtime's port alone: the
+    # controller, which scrapes their /metrics itself (no Prometheus URL is set), and
+    # helm test's pod, which asks one model's readiness.
     has_controller = any(component(labels) == "controller" for labels in pods.values())
-    scrapers = [r for r in runtime["ingress"] if "podSelector" in r["from"][0]]
-    assert len(scrapers) == has_controller
-    for scraper in scrapers:
-        assert scraper["ports"] == [{"port": 8080, "protocol": "TCP"}]
-        assert {
-            component(labels)
-            for labels in pods.values()
-            if selects(scraper["from"][0]["podSelector"], labels)
-        } == {"controller"}
+    peers = [r for r in runtime["ingress"] if "podSelector" in r["from"][0]]
+    assert all(peer["ports"] == [{"port": 8080, "protocol": "TCP"}] for peer in peers)
+    assert {
+        component(labels)
+        for labels in pods.values()
+        for peer in peers
+        if selects(peer["from"][0]["podSelector"], labels)
+    } == {"test", *(["controller"] if has_controller else [])}
     # The ingress path; and Prometheus, on the metrics port alone, where listed.
     assert namespaces[0] == (
         ["ingress-nginx"]
@@ -978,3 +981,19 @@ def test_a_gitops_render_is_the_same_every_time(helm: Helm, auth: tuple[str, ...
     redis = ("redis.enabled=true", "embeddings.externalTables={demo300,demo50}")
     assert rendered(*redis, *auth) == rendered(*redis, *auth)
     assert rendered(*redis) != rendered(*redis)
+
+
+@pytest.mark.parametrize("mode", ["knative", "raw"])
+def test_helm_test_asks_the_first_models_readiness(render: Any, mode: str) -> None:
+    """`helm test`'s pod: a hook, the runtime image's Python, one GET of the first model's
+    OIP readiness through its Service's cluster address, as non-root as the runtimes."""
+    objects = render(sets=(f"serving.mode={mode}", "controller.enabled=false"))
+    (pod,) = by_kind(objects, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"][-1] == (
+        f"http://{RELEASE}-kim-cnn.{NAMESPACE}.svc.cluster.local/v2/health/ready"
+    )
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert not by_kind(render(sets=("models=null",)), "Pod")
