@@ -401,3 +401,31 @@ def test_the_chart_is_published_to_an_oci_registry_and_installs_from_it(
     )  # fmt: skip
     configuration_ready(cluster, namespace, f"{RELEASE}-squeezenet1-1")
     helm(cluster, "uninstall", RELEASE, "-n", namespace)
+
+
+def test_switching_serving_mode_under_a_release_is_refused(
+    cluster: ControlPlane, namespace: str
+) -> None:
+    """An upgrade to the other serving.mode would meet the first mode's objects of the same
+    names; it is refused before anything changes, with what to do instead."""
+    one = ("models[0].name=squeezenet1_1",)
+    for first, then in (("knative", "raw"), ("raw", "knative")):
+        controller = str(first == "knative").lower()
+        install(
+            cluster,
+            namespace,
+            sets=(*one, f"serving.mode={first}", f"controller.enabled={controller}"),
+        )
+        proc = cluster.helm(
+            "upgrade", RELEASE, str(CHART), "--namespace", namespace,
+            "--set", one[0], "--set", f"serving.mode={then}", "--set", "controller.enabled=false",
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0
+        assert f"this release runs in {first} mode" in proc.stderr, proc.stderr
+        assert "helm uninstall it first" in proc.stderr
+        history = json.loads(
+            helm(cluster, "history", RELEASE, "-n", namespace, "-o", "json").stdout
+        )
+        assert [h["status"] for h in history] == ["deployed"]  # nothing was applied
+        helm(cluster, "uninstall", RELEASE, "-n", namespace, "--wait", f"--timeout={SAFETY_S}s")

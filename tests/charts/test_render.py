@@ -204,7 +204,8 @@ def test_a_models_own_keys_win_over_model_defaults_even_zero_and_null(render: An
     assert minilm["spec"]["template"]["metadata"]["annotations"][MIN_SCALE] == "1"
     assert "cpu" not in runtime_container(kim)["resources"]["limits"]
     assert runtime_container(minilm)["resources"] == {
-        "requests": {"cpu": "500m", "memory": "1Gi"},
+        # A GPU model writes (its engine caches): its scratch volumes are requested too.
+        "requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "2112Mi"},
         "limits": {"cpu": "2", "memory": "512Mi", GPU: 1},
     }
 
@@ -997,3 +998,75 @@ def test_helm_test_asks_the_first_models_readiness(render: Any, mode: str) -> No
     assert container["securityContext"]["runAsNonRoot"] is True
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert not by_kind(render(sets=("models=null",)), "Pod")
+
+
+def test_per_model_scheduling_pull_policy_and_pod_labels(render: Any) -> None:
+    """topologySpreadConstraints, priorityClassName and the image's pull policy per model;
+    commonLabels on every pod template (the selector labels win); PodDisruptionBudgets in
+    raw mode only, for the models that ask."""
+    spread = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+               "whenUnsatisfiable": "ScheduleAnyway",
+               "labelSelector": {"matchLabels": {"kindling.dev/model": "resnet18"}}}]  # fmt: skip
+    models = [
+        {"name": "resnet18", "priorityClassName": "inference", "topologySpreadConstraints": spread,
+         "image": {"pullPolicy": "Always"}, "podDisruptionBudget": {"enabled": True}},
+        {"name": "minilm"},
+    ]  # fmt: skip
+    for mode in ("knative", "raw"):
+        objects = render(
+            "redis.yaml",
+            sets=(f"serving.mode={mode}", "controller.enabled=false", "commonLabels.team=ml"),
+            extra=("--set-json", f"models={json.dumps(models)}"),
+        )
+        resnet, minilm = runtimes(objects)["resnet18"], runtimes(objects)["minilm"]
+        spec = resnet["spec"]["template"]["spec"]
+        assert spec["priorityClassName"] == "inference"
+        assert spec["topologySpreadConstraints"] == spread
+        assert runtime_container(resnet)["imagePullPolicy"] == "Always"
+        assert runtime_container(minilm)["imagePullPolicy"] == "IfNotPresent"
+        assert "priorityClassName" not in minilm["spec"]["template"]["spec"]
+        for obj in objects:
+            if pod_template(obj):
+                assert pod_template(obj)["metadata"]["labels"]["team"] == "ml", obj["metadata"]
+        budgets = by_kind(objects, "PodDisruptionBudget")
+        if mode == "raw":
+            (budget,) = budgets
+            assert budget["spec"]["maxUnavailable"] == 1
+            assert selects(
+                budget["spec"]["selector"], resnet["spec"]["template"]["metadata"]["labels"]
+            )
+            assert not selects(
+                budget["spec"]["selector"], minilm["spec"]["template"]["metadata"]["labels"]
+            )
+        else:
+            assert budgets == []
+
+
+def test_emptydirs_are_requested_as_ephemeral_storage(render: Any) -> None:
+    """The scheduler counts an emptyDir only through the pod's ephemeral-storage request:
+    a pod that writes asks for its scratch volumes' limits; one that writes nothing, none."""
+    objects = render("gpu.yaml")
+    for model, obj in runtimes(objects).items():
+        requests = runtime_container(obj)["resources"]["requests"]
+        volumes = {v["name"]: v for v in obj["spec"]["template"]["spec"].get("volumes", [])}
+        if "tmp" in volumes:  # 64Mi of /tmp and the 2Gi cache
+            assert requests["ephemeral-storage"] == "2112Mi", model
+        else:
+            assert "ephemeral-storage" not in requests, model
+    jobs = loader_jobs(render("redis.yaml"))
+    load = {t: j["spec"]["template"]["spec"]["containers"][0] for t, j in jobs.items()}
+    assert load["word2vec"]["resources"]["requests"]["ephemeral-storage"] == "8256Mi"  # + download
+    assert load["glove"]["resources"]["requests"]["ephemeral-storage"] == "64Mi"  # from a PVC
+
+
+def test_openshift_leaves_out_the_fixed_ids(render: Any) -> None:
+    """global.openshift: no runAsUser, runAsGroup or fsGroup anywhere (its SCC assigns them);
+    everything else of each securityContext stays."""
+    sets = ("global.openshift=true", "serving.mode=raw", "controller.enabled=true")
+    objects = render("redis.yaml", sets=sets)
+    text = json.dumps(objects)
+    assert all(key not in text for key in ('"runAsUser"', '"runAsGroup"', '"fsGroup"'))
+    for obj in objects:
+        for container in containers(obj):
+            context = container["securityContext"]
+            assert context["runAsNonRoot"] is True and context["capabilities"] == {"drop": ["ALL"]}

@@ -35,6 +35,22 @@ app.kubernetes.io/name: {{ include "kindling.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* kindling.commonPodLabels: commonLabels for a pod template, less the keys its selector labels set (those win). */}}
+{{- define "kindling.commonPodLabels" -}}
+{{- with omit (default dict .Values.commonLabels) "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" "kindling.dev/model" }}
+{{- toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* kindling.securityContext: a pod's or container's securityContext as YAML; takes (dict "root" $ "context" .); with global.openshift, without the fixed user, group and fsGroup (OpenShift's restricted SCC assigns them from the namespace's range and refuses others). */}}
+{{- define "kindling.securityContext" -}}
+{{- $context := default dict .context -}}
+{{- if .root.Values.global.openshift -}}
+{{- $context = omit $context "runAsUser" "runAsGroup" "fsGroup" -}}
+{{- end -}}
+{{- toYaml $context -}}
+{{- end -}}
+
 {{/* kindling.labels: the standard labels (Kubernetes recommended labels) plus commonLabels. */}}
 {{- define "kindling.labels" -}}
 {{ include "kindling.selectorLabels" . }}
@@ -293,6 +309,15 @@ case "$(redis-cli -p {{ $port }} ping)" in PONG|LOADING*) ;; *) exit 1 ;; esac
 {{- else -}}
 [ "$(redis-cli -p {{ $port }} ping)" = PONG ]
 {{- end -}}
+{{- end -}}
+
+{{/* kindling.mebibytes: the sum of a list of quantities, as a quantity in Mi (rounded up). */}}
+{{- define "kindling.mebibytes" -}}
+{{- $total := 0 -}}
+{{- range . -}}
+{{- $total = add $total (include "kindling.bytes" . | int64) -}}
+{{- end -}}
+{{- printf "%dMi" (div (add $total 1048575) 1048576) -}}
 {{- end -}}
 
 {{/* kindling.bytes: a Kubernetes memory quantity ("1Gi", "512Mi", "4G", "1000") in bytes. */}}

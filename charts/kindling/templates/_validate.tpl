@@ -44,6 +44,25 @@ at a time), collected into one list, so a bad install fails once with all its me
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- /* A switch of serving.mode under one release: the other mode's objects of the same
+names (a Knative Service and its Route's Service, or a Deployment and its Service) are
+still there, and the upgrade would half fail on them. lookup sees nothing under helm
+template, and Knative's kind only where its CRDs are served. */ -}}
+{{- with $models -}}
+{{- $name := include "kindling.model.name" (dict "root" $ "model" (first $models)) -}}
+{{- $namespace := include "kindling.namespace" $ -}}
+{{- $other := dict -}}
+{{- if $raw -}}
+{{- if $.Capabilities.APIVersions.Has "serving.knative.dev/v1/Service" -}}
+{{- $other = lookup "serving.knative.dev/v1" "Service" $namespace $name -}}
+{{- end -}}
+{{- else -}}
+{{- $other = lookup "apps/v1" "Deployment" $namespace $name -}}
+{{- end -}}
+{{- if and $other (eq (dig "metadata" "labels" "app.kubernetes.io/instance" "" $other) $.Release.Name) -}}
+{{- $messages = append $messages (printf "serving.mode: this release runs in %s mode (%s %s); a mode cannot change under a release: helm uninstall it first, or install the other mode under another release name" (ternary "knative" "raw" $raw) (ternary "Knative Service" "Deployment" $raw) $name) -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.redis.enabled .Values.externalRedis.url -}}
 {{- $messages = append $messages "redis.enabled and externalRedis.url are both set: choose the built-in Redis or an external one" -}}
 {{- end -}}

@@ -4,6 +4,9 @@
 {{- define "kindling.runtime.podLabels" -}}
 {{ include "kindling.model.selectorLabels" . }}
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+{{- with include "kindling.commonPodLabels" .root }}
+{{ . }}
+{{- end }}
 {{- with mergeOverwrite (deepCopy (default dict .root.Values.runtime.podLabels)) (default dict .model.podLabels) }}
 {{ toYaml . }}
 {{- end }}
@@ -42,6 +45,12 @@ checksum/redis-secret: {{ include "kindling.redis.checksum" .root }}
 {{- $settings := deepCopy (default dict $root.Values.runtime.settings) -}}
 {{- include "kindling.deepSet" (dict "dst" $settings "src" $model.settings) -}}
 {{- $resources := deepCopy (default dict $model.resources) -}}
+{{- if include "kindling.runtime.writes" . -}}
+{{- /* The scheduler counts emptyDirs only through this request: ask for what they may hold. */ -}}
+{{- $cache := ternary "0" $root.Values.runtime.cacheSizeLimit $root.Values.modelCache.enabled -}}
+{{- $scratch := list $root.Values.runtime.tmpSizeLimit $cache -}}
+{{- $_ := set $resources "requests" (merge (default dict $resources.requests) (dict "ephemeral-storage" (include "kindling.mebibytes" $scratch))) -}}
+{{- end -}}
 {{- if $model.gpu -}}
 {{- $limits := $resources.limits | default dict -}}
 {{- $_ := set $limits $root.Values.gpuPool.resourceName (int $root.Values.gpuPool.gpusPerPod) -}}
@@ -49,7 +58,7 @@ checksum/redis-secret: {{ include "kindling.redis.checksum" .root }}
 {{- end -}}
 - name: runtime
   image: {{ include "kindling.model.image" . }}
-  imagePullPolicy: {{ $root.Values.runtime.image.pullPolicy }}
+  imagePullPolicy: {{ $model.image.pullPolicy | default $root.Values.runtime.image.pullPolicy }}
   command: ["kindling", "serve"]
   ports:
     # Knative's runtime contract names the port for its protocol (http1) and passes it
@@ -130,7 +139,7 @@ checksum/redis-secret: {{ include "kindling.redis.checksum" .root }}
     periodSeconds: 10
     failureThreshold: 3
   securityContext:
-    {{- toYaml $root.Values.runtime.containerSecurityContext | nindent 4 }}
+    {{- include "kindling.securityContext" (dict "root" $root "context" $root.Values.runtime.containerSecurityContext) | nindent 4 }}
   {{- if or (include "kindling.runtime.writes" .) $model.modelUri }}
   volumeMounts:
     {{- if include "kindling.runtime.writes" . }}
@@ -179,6 +188,13 @@ nodeSelector:
 {{- with $tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $model.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $model.priorityClassName }}
+priorityClassName: {{ . }}
 {{- end }}
 {{- if $model.affinity }}
 affinity:
