@@ -1070,3 +1070,36 @@ def test_openshift_leaves_out_the_fixed_ids(render: Any) -> None:
         for container in containers(obj):
             context = container["securityContext"]
             assert context["runAsNonRoot"] is True and context["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_extra_ingress_and_a_restricted_egress_for_the_runtimes(render: Any) -> None:
+    extra_in = [{"from": [{"ipBlock": {"cidr": "10.1.0.0/16"}}], "ports": [{"port": 8080}]}]
+    extra_out = [{"to": [{"ipBlock": {"cidr": "10.2.0.0/16"}}], "ports": [{"port": 9000}]}]
+    sets = ("networkPolicy.egress.enabled=true",)
+    extra = ("--set-json", f"networkPolicy.extraIngress={json.dumps(extra_in)}",
+             "--set-json", f"networkPolicy.extraEgress={json.dumps(extra_out)}")  # fmt: skip
+    policy = named(
+        render("redis.yaml", sets=sets, extra=extra), "NetworkPolicy", f"{RELEASE}-runtime"
+    )
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"][-1] == extra_in[0]
+    dns, redis, storage = spec["egress"]
+    assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "kube-system"
+    }
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert redis["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
+    assert storage == extra_out[0]
+    # By default the runtimes' egress is not restricted.
+    default = named(render("redis.yaml"), "NetworkPolicy", f"{RELEASE}-runtime")["spec"]
+    assert default["policyTypes"] == ["Ingress"] and "egress" not in default
+
+
+def test_every_model_default_is_a_valid_key_of_a_model(helm: Helm) -> None:
+    """One model schema: each modelDefaults key, with its default value, is accepted under
+    models[] (values.schema.json's models refer to definitions.model)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    model = {**values["modelDefaults"], "name": "resnet18"}
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    assert helm.run(*args, "--set-json", f"models={json.dumps([model])}").returncode == 0
