@@ -368,9 +368,14 @@ def _decode_input(
     size = params.get("binary_data_size")
 
     if size is not None:
-        if type(size) is not int or size < 0 or offset + size > len(binary):
+        if type(size) is not int or size < 0:  # type(): true is an int to Python
             raise InvalidInput(
-                f"input {name!r}: binary_data_size {size!r} runs past the end of the body"
+                f"input {name!r}: binary_data_size must be a whole number of bytes >= 0, "
+                f"got {orjson.dumps(size).decode()} ({_json_type(size)})"
+            )
+        if offset + size > len(binary):
+            raise InvalidInput(
+                f"input {name!r}: binary_data_size {size} runs past the end of the body"
             )
         chunk = binary[offset : offset + size]
         if datatype == "BYTES":
@@ -435,8 +440,15 @@ def _json_numbers(data: Any, dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         if parsed.min() < info.min or parsed.max() > info.max:
             raise OverflowError(f"values outside [{info.min}, {info.max}]")
-    with np.errstate(over="ignore"):  # FP16 overflow is inf, as in a binary tensor
-        return parsed.astype(dtype)
+    with np.errstate(over="ignore"):
+        array = parsed.astype(dtype)
+    # JSON has no infinity: a non-finite value here is a number past the type's range
+    # (3.5e38 as FP32), which the model would turn into null outputs. A binary tensor may
+    # carry inf as it is; JSON, like the integer types above, must fit.
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        limit = np.finfo(dtype).max
+        raise OverflowError(f"values outside [-{limit:.8g}, {limit:.8g}]")
+    return array
 
 
 def _json_bytes(data: Any) -> np.ndarray:

@@ -205,19 +205,42 @@ def test_classification_count_is_not_a_boolean():
     assert "'classification' must be a count" in refused(body)
 
 
-def test_binary_data_size_is_not_a_boolean():
-    body, header_length = binary_request(
-        [
-            {
-                "name": "x",
-                "datatype": "UINT8",
-                "shape": [1],
-                "parameters": {"binary_data_size": True},
-            }
-        ],
-        b"\1",
-    )
-    assert "binary_data_size True" in refused(body, header_length)
+@pytest.mark.parametrize(
+    ("size", "said"),
+    [(True, "true (a boolean)"), ("1", '"1" (a string)'), (1.0, "1.0 (a number)"),
+     (-1, "-1 (a number)")],
+)  # fmt: skip
+def test_binary_data_size_must_be_a_whole_number(size: Any, said: str):
+    """What is wrong is said: the type, not a run past the body."""
+    inputs = [
+        {"name": "x", "datatype": "UINT8", "shape": [1], "parameters": {"binary_data_size": size}}
+    ]
+    body, header_length = binary_request(inputs, b"\1")
+    message = refused(body, header_length)
+    assert f"binary_data_size must be a whole number of bytes >= 0, got {said}" in message
+    assert "runs past" not in message
+
+
+def test_binary_data_size_past_the_body_says_so():
+    inputs = [
+        {"name": "x", "datatype": "UINT8", "shape": [2], "parameters": {"binary_data_size": 2}}
+    ]
+    body, header_length = binary_request(inputs, b"\1")
+    assert "binary_data_size 2 runs past the end of the body" in refused(body, header_length)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [("FP32", 3.5e38), ("FP32", -1e39), ("FP16", 70000.0), ("FP64", 1e308)],
+)
+def test_json_numbers_past_a_float_types_range_are_refused(datatype: str, value: float):
+    """JSON has no infinity: a number past the type's range would reach the model as inf
+    and come back as null outputs; it is the client's error, as an integer out of range."""
+    body = body_of({"name": "x", "datatype": datatype, "shape": [2], "data": [1.0, value]})
+    if datatype == "FP64":  # fits: accepted
+        decode_request(body, None)
+        return
+    assert f"data does not match datatype {datatype}: values outside" in refused(body)
 
 
 @pytest.mark.parametrize(

@@ -428,11 +428,11 @@ MALFORMED = {
     ),
     "binary-size-negative": (
         *_with_binary([_bin_input("INT32", [2], -8)], b"\0" * 8),
-        "binary_data_size -8",
+        "binary_data_size must be a whole number of bytes >= 0, got -8",
     ),
     "binary-size-not-int": (
         *_with_binary([_bin_input("INT32", [2], "8")], b"\0" * 8),
-        "binary_data_size '8'",
+        'binary_data_size must be a whole number of bytes >= 0, got "8"',
     ),
     "binary-leftover-bytes": (
         *_with_binary([_bin_input("INT32", [2], 8)], b"\0" * 12),
