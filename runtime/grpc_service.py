@@ -19,8 +19,9 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
-from kindling.errors import KindlingError
+from kindling.errors import InvalidInput, KindlingError
 from kindling.runtime import grpc_model_config_pb2 as config_pb
 from kindling.runtime import grpc_service_pb2 as pb
 from kindling.runtime.codec import InferRequest
@@ -61,11 +62,20 @@ def status_code(exc: KindlingError) -> grpc.StatusCode:
 Method = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def _mapped(method: Method) -> Method:
-    """Any KindlingError as its status code with its message; anything else as INTERNAL."""
+def _mapped(method: Method, message: Any) -> Callable[[bytes, Any], Awaitable[Any]]:
+    """The RPC on the request's raw bytes: parsed here, so that a malformed message is the
+    client's error (INVALID_ARGUMENT, through the one error table) and not grpcio's
+    deserializer failure with a Python exception in its text; then any KindlingError as
+    its status code with its message, anything else as INTERNAL."""
 
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
+            try:
+                request = message.FromString(raw)
+            except DecodeError:
+                raise InvalidInput(
+                    f"the request is not a valid {message.DESCRIPTOR.name} protobuf message"
+                ) from None
             return await method(request, context)
         except KindlingError as exc:
             await context.abort(status_code(exc), exc.message)
@@ -153,8 +163,7 @@ class InferenceServicer:
             if method is None:
                 continue
             handlers[rpc.name] = grpc.unary_unary_rpc_method_handler(
-                _mapped(method),
-                request_deserializer=getattr(pb, rpc.input_type.name).FromString,
+                _mapped(method, getattr(pb, rpc.input_type.name)),
                 response_serializer=getattr(pb, rpc.output_type.name).SerializeToString,
             )
         return grpc.method_handlers_generic_handler(SERVICE, handlers)

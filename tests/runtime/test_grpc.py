@@ -246,6 +246,25 @@ def test_malformed_tensors_are_invalid_argument(stub, datatype, contents, messag
     assert message in caught.value.details()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xff\xff\xff", b"\x0a\x80", b"\x0a\x05ab", b"garbage that is not protobuf"],
+    ids=["garbage", "truncated-varint", "length-past-the-end", "text"],
+)
+@pytest.mark.parametrize("rpc", ["ModelInfer", "ModelMetadata", "ServerLive"])
+def test_a_malformed_message_is_invalid_argument_without_internals(runtime, body, rpc):
+    """Bytes that are no protobuf message of the RPC's type: the client's error, said in
+    the words of the protocol, with no Python exception in the text."""
+    with grpc.insecure_channel(runtime.url) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{rpc}")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(body, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    details = caught.value.details()
+    assert "protobuf message" in details
+    assert "Error" not in details and "Exception" not in details and "Traceback" not in details
+
+
 def test_unknown_model_metadata_is_not_found(client):
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_metadata("nope")
