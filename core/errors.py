@@ -82,6 +82,25 @@ class UnsupportedTransferCoding(KindlingError):
     status_code = 501
 
 
+class ExpectationFailed(KindlingError):
+    """An Expect the server cannot meet: anything but 100-continue (RFC 9110 §10.1.1)."""
+
+    status_code = 417
+
+
+class MethodNotImplemented(KindlingError):
+    """A request method the server does not know (RFC 9110 §9.1)."""
+
+    status_code = 501
+
+
+class HttpVersionNotSupported(KindlingError):
+    """A request in an HTTP version other than 1.0 or 1.1 (RFC 9110 §15.6.6); HTTP/2 has
+    its own listener (gRPC)."""
+
+    status_code = 505
+
+
 class ServerBusy(KindlingError):
     """The server holds as much for clients as it allows (memory for request bodies); the
     client may retry shortly."""

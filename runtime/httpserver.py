@@ -39,9 +39,12 @@ import httptools
 import orjson
 
 from kindling.errors import (
+    ExpectationFailed,
     HeadTooLarge,
+    HttpVersionNotSupported,
     InvalidInput,
     KindlingError,
+    MethodNotImplemented,
     PayloadTooLarge,
     RequestTimeout,
     ServerBusy,
@@ -71,6 +74,15 @@ BODY_STEP_BYTES = 1024 * 1024
 # Past its first body_timeout_s, a body must average this many bytes a second (Apache
 # mod_reqtimeout's default MinRate): a byte every few seconds is no upload.
 MIN_BODY_RATE = 500
+# A request line as RFC 9112 §3 has it (a method token, a target, a version): its method.
+REQUEST_LINE = re.compile(rb"(?m)^([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^ \r\n]+ HTTP/[0-9]\.[0-9]\r?$")
+# The methods llhttp parses (llhttp's src/llhttp/constants.ts, HTTP and its extensions): a
+# request line with any other fails parsing as an unknown method.
+LLHTTP_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
 # An encoded "/" stays encoded: decoded, it would split a path segment (a model name
 # cannot hold "/", as in Triton's model routes).
 ENCODED_SLASH = re.compile("%2f", re.IGNORECASE)
@@ -98,6 +110,7 @@ class Request:
         "_size",
         "_waiter",
         "headers",
+        "http10",
         "keep_alive",
         "method",
         "params",
@@ -118,6 +131,8 @@ class Request:
         self.headers = headers
         self.params: dict[str, str] = {}
         self.keep_alive = True
+        # An HTTP/1.0 request: its connection persists only if the answer says so.
+        self.http10 = False
         self._limit = limit
         self._budget = budget
         self._chunks: list[bytes] = []
@@ -601,8 +616,19 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 log.exception("HTTP parser callback failed", exc_info=cause)
                 cause = KindlingError(f"internal error: {type(cause).__name__}")
             self._refuse(cause)
+        except httptools.HttpParserInvalidMethodError:
+            # A well-formed request line with a method llhttp does not know is a 501 (RFC
+            # 9110 §9.1); anything else that failed at its first token is no request at all.
+            lines = REQUEST_LINE.findall(bytes(data[:MAX_HEAD_BYTES]))
+            if any(method not in LLHTTP_METHODS for method in lines):
+                self._refuse(MethodNotImplemented("unknown request method"))
+            else:
+                self._refuse(InvalidInput("malformed HTTP request: no request line"))
         except httptools.HttpParserError as exc:
-            self._refuse(InvalidInput(f"malformed HTTP request: {exc}"))
+            if "version" in str(exc).lower():
+                self._refuse(HttpVersionNotSupported(f"{exc}: HTTP/1.1 or HTTP/1.0 only"))
+            else:
+                self._refuse(InvalidInput(f"malformed HTTP request: {exc}"))
 
     def pause_writing(self) -> None:
         assert self._flow is not None
@@ -623,6 +649,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._arm(self._last_read + self._server.header_timeout_s)
         self._url = b""
         self._headers = {}
+        self._hosts = 0
         self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -633,6 +660,8 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._count_head(len(name) + len(value))
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
+        if key == "host":
+            self._hosts += 1
         previous = self._headers.get(key)
         self._headers[key] = text if previous is None else f"{previous}, {text}"
 
@@ -641,7 +670,26 @@ class HttpProtocol(asyncio.BufferedProtocol):
         server = self._server
         self._head_since = None
         headers = self._headers
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):  # HTTP/2.0 or HTTP/0.9 on an HTTP/1 request line
+            raise HttpVersionNotSupported(f"HTTP/{version} is not supported: HTTP/1.1 or 1.0")
+        http10 = version == "1.0"
         coding = headers.get("transfer-encoding")
+        if coding is not None and http10:
+            # RFC 9112 §6.1: such a message's framing is faulty, whatever its Content-Length.
+            raise InvalidInput("Transfer-Encoding in an HTTP/1.0 request: its framing is faulty")
+        if not http10 and self._hosts != 1:
+            raise InvalidInput(
+                "an HTTP/1.1 request needs exactly one Host header (RFC 9112 §3.2), "
+                f"got {self._hosts}"
+            )
+        # RFC 9110 §10.1.1: 100-continue is the one expectation; any other is a 417, and an
+        # HTTP/1.0 request's is ignored. The header may repeat (joined here with ", ").
+        expect = headers.get("expect") if not http10 else None
+        if expect is not None and {e.strip().lower() for e in expect.split(",")} != {
+            "100-continue"
+        }:
+            raise ExpectationFailed(f"cannot meet the expectation {expect[:100]!r}")
         if coding is not None and coding.strip().lower() != "chunked":
             # llhttp would take "gzip, chunked" and hand over still-gzipped bytes.
             raise UnsupportedTransferCoding(
@@ -664,7 +712,8 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if request.took_spare:
             self._spare = None  # taken, with its share of the budget
         request.keep_alive = parser.should_keep_alive()
-        if headers.get("expect", "").lower() == "100-continue" and not request.too_large:
+        request.http10 = http10
+        if expect is not None and not request.too_large:
             request.expect_continue(self._send_continue)  # the body timer starts with the 100
         else:
             self._body_since = self._last_read
@@ -764,6 +813,8 @@ class HttpProtocol(asyncio.BufferedProtocol):
             parts += [name, b": ", value, b"\r\n"]
         if not keep_alive:
             parts.append(b"connection: close\r\n")
+        elif request.http10:  # RFC 9112 §9.3: 1.0 persists only where both sides say so
+            parts.append(b"connection: keep-alive\r\n")
         parts.append(b"\r\n")
         if request.method == "HEAD" or status == 204 or status == 304:
             body = b""

@@ -337,6 +337,67 @@ def test_garbage_after_a_pipelined_request_gets_400_then_a_close(harness: Harnes
     sock.close()
 
 
+@pytest.mark.parametrize(
+    ("wire", "status", "said"),
+    [
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\nok",
+         417, "cannot meet the expectation"),
+        (b"GET /x HTTP/1.1\r\n\r\n", 400, "exactly one Host header"),
+        (b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "exactly one Host header"),
+        (b"GET /x HTTP/2.0\r\nHost: t\r\n\r\n", 505, "HTTP/1.1 or 1.0"),
+        (b"GET /x HTTP/3.0\r\nHost: t\r\n\r\n", 505, "HTTP/1.1 or HTTP/1.0"),
+        (b"GET /x\r\n\r\n", 505, "HTTP/0.9 is not supported"),
+        (b"BREW /x HTTP/1.1\r\nHost: t\r\n\r\n", 501, "unknown request method"),
+        (b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+         400, "framing is faulty"),
+    ],
+    ids=["expect-other", "no-host", "two-hosts", "http2-line", "http3-line", "http09-line",
+         "unknown-method", "te-in-http10"],
+)  # fmt: skip
+def test_http_semantics_are_answered_with_their_own_status(
+    harness: Harness, wire: bytes, status: int, said: str
+):
+    """RFC 9110 and 9112: each gets its status and a clear message, then a close."""
+    sock = connect(harness)
+    sock.sendall(wire)
+    _, raw = expect_close(Reader(sock), status)
+    assert said in error_of(raw), error_of(raw)
+    sock.close()
+
+
+def test_an_http10_expect_is_ignored_and_its_keep_alive_is_answered(harness: Harness):
+    """RFC 9110 §10.1.1: 100-continue is ignored in HTTP/1.0 (no interim answer); RFC 9112
+    §9.3: a 1.0 connection persists only if the answer says keep-alive, and then it does."""
+    sock = connect(harness)
+    request = (
+        b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
+    reader = Reader(sock)
+    for _ in range(2):
+        sock.sendall(request)
+        status, headers, raw = reader.response()
+        assert (status, headers.get("connection")) == (200, "keep-alive")
+        assert orjson.loads(raw)["length"] == 2
+    sock.sendall(b"POST /echo HTTP/1.0\r\nContent-Length: 2\r\n\r\nok")  # no keep-alive
+    assert reader.response()[0] == 200 and reader.closed()
+    sock.close()
+
+
+def test_a_repeated_expect_100_continue_still_gets_its_100(harness: Harness):
+    sock = connect(harness)
+    sock.sendall(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nExpect: 100-Continue\r\n"
+        b"Content-Length: 2\r\n\r\n"
+    )
+    reader = Reader(sock)
+    assert reader.response()[0] == 100  # before any body byte was sent
+    sock.sendall(b"ok")
+    status, _, raw = reader.response()
+    assert (status, orjson.loads(raw)["length"]) == (200, 2)
+    sock.close()
+
+
 @pytest.mark.parametrize("coding", ["gzip", "GZIP, chunked", "identity"])
 def test_an_unsupported_transfer_coding_gets_501_then_a_close(harness: Harness, coding: str):
     """RFC 9112 §6.1; "gzip, chunked" would otherwise pass still-gzipped bytes as the body."""
