@@ -288,7 +288,9 @@ def test_the_text_models_read_their_tables_from_the_charts_redis(
     ]
     install_values(cluster, node_namespace, values, tmp_path)
     with cluster.api_client() as api:
-        pods = all_ready(api, node_namespace, 3)  # Redis and the two text models
+        # Redis and the two text models; the loader Jobs' pods stay, Completed (plain Jobs).
+        serving = f"{INSTANCE},app.kubernetes.io/component!=loader"
+        pods = all_ready(api, node_namespace, 3, serving)
         services = client.CoreV1Api(api).list_namespaced_service(
             node_namespace, label_selector=f"{INSTANCE},app.kubernetes.io/component=runtime"
         )
