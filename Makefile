@@ -110,13 +110,17 @@ images: models image-tools
 	$(BIN)/python docker/build_images.py
 	$(BIN)/python docker/check_image.py --model-repository $(MODELS)
 
-# Publish to any OCI registry what a cluster pulls: the images (after `make images`) and
-# the chart. `make push REGISTRY=registry.example.com/ml`, after `podman login` and
+# One command that builds what a cluster pulls and publishes it to any OCI registry: the
+# images as the chart runs them (the runtime with every sample model, the controller,
+# Redis; tagged with the chart's appVersion), then the chart itself.
+# `make push REGISTRY=registry.example.com/ml`, after `podman login` and
 # `helm registry login`; TLS_VERIFY=false for a registry without TLS (docker/publish.py).
 REGISTRY ?=
 TLS_VERIFY ?= true
-push: venv
+push:
 	@test -n "$(REGISTRY)" || { echo "make push REGISTRY=host[:port][/path]"; exit 1; }
+	$(MAKE) models image-tools
+	$(BIN)/python docker/build_images.py --models all --tag $(APP_VERSION)
 	$(BIN)/python docker/publish.py images --registry $(REGISTRY) --tls-verify $(TLS_VERIFY)
 	$(BIN)/python docker/publish.py chart --registry $(REGISTRY) $(if $(filter false,$(TLS_VERIFY)),--plain-http,)
 
