@@ -39,8 +39,15 @@ def chart_redis(helm: Helm, tmp_path: Path) -> Iterator[RedisServer]:
     auth.write_text("")
     conf = tmp_path / "redis.conf"
     data = tmp_path / "data"
-    text = config["data"]["redis.conf"].replace("/tmp/auth.conf", str(auth))
-    conf.write_text(text.replace("dir /data\n", f"dir {data}\n"))
+    # The two container paths, pointed into the test's directory: the directives are
+    # found in the rendered file, so the test follows wherever the chart puts them.
+    paths = {"include": auth, "dir": data}
+    lines = config["data"]["redis.conf"].splitlines()
+    lines = [
+        f"{w} {paths[w]}" if (w := line.partition(" ")[0]) in paths else line for line in lines
+    ]
+    assert sum(line.partition(" ")[0] in paths for line in lines) == 2
+    conf.write_text("\n".join(lines) + "\n")
     with RedisServer(data, config_file=conf) as server:
         yield server
 
