@@ -311,6 +311,13 @@ case "$(redis-cli -p {{ $port }} ping)" in PONG|LOADING*) ;; *) exit 1 ;; esac
 {{- end -}}
 {{- end -}}
 
+{{/* kindling.withScratch: a container's resources (a map) as YAML, with an ephemeral-storage request for what its pod's emptyDirs may hold (their sizeLimits, a list) unless it sets one: the scheduler counts an emptyDir only through that request. Takes (dict "resources" . "scratch" list). */}}
+{{- define "kindling.withScratch" -}}
+{{- $resources := deepCopy (default dict .resources) -}}
+{{- $_ := set $resources "requests" (merge (default dict $resources.requests) (dict "ephemeral-storage" (include "kindling.mebibytes" .scratch))) -}}
+{{- toYaml $resources -}}
+{{- end -}}
+
 {{/* kindling.mebibytes: the sum of a list of quantities, as a quantity in Mi (rounded up). */}}
 {{- define "kindling.mebibytes" -}}
 {{- $total := 0 -}}

@@ -46,10 +46,9 @@ checksum/redis-secret: {{ include "kindling.redis.checksum" .root }}
 {{- include "kindling.deepSet" (dict "dst" $settings "src" $model.settings) -}}
 {{- $resources := deepCopy (default dict $model.resources) -}}
 {{- if include "kindling.runtime.writes" . -}}
-{{- /* The scheduler counts emptyDirs only through this request: ask for what they may hold. */ -}}
 {{- $cache := ternary "0" $root.Values.runtime.cacheSizeLimit $root.Values.modelCache.enabled -}}
 {{- $scratch := list $root.Values.runtime.tmpSizeLimit $cache -}}
-{{- $_ := set $resources "requests" (merge (default dict $resources.requests) (dict "ephemeral-storage" (include "kindling.mebibytes" $scratch))) -}}
+{{- $resources = include "kindling.withScratch" (dict "resources" $resources "scratch" $scratch) | fromYaml -}}
 {{- end -}}
 {{- if $model.gpu -}}
 {{- $limits := $resources.limits | default dict -}}
