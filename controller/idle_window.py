@@ -77,6 +77,10 @@ class Gaps:
         right = bisect_right(self.sorted, hi) if closed_hi else bisect_left(self.sorted, hi)
         return max(0, right - bisect_right(self.sorted, lo))
 
+    def at(self, x: float) -> int:
+        """Gaps exactly x long (a window's edge: a gap there is inside it)."""
+        return bisect_right(self.sorted, x) - bisect_left(self.sorted, x)
+
     def excess(self, lo: float, hi: float, base: float, closed_hi: bool = True) -> float:
         """The sum of g - base over gaps lo < g <= hi (g < hi when not closed_hi)."""
         left = bisect_right(self.sorted, lo)
@@ -107,19 +111,14 @@ def window_cost(
         held = gaps.excess(k, end, k)
         late = gaps.count(end, math.inf)
         return (held + late * (end - k + c + wake_s)) / n
+    # The pod is started (and paid for) one lead before the window, never within the KPA's
+    # own keep.
     paid = max(start - lead_s, k)
     early = gaps.count(k, start - lead_s, closed_hi=False)  # cold, no pod time yet
-    # Cold while the pod is starting or not yet ready; g >= start - lead (and > k).
-    starting = max(k, start - lead_s)
-    waiting = gaps.count(starting, start, closed_hi=False) + (
-        gaps.count(k, starting) - gaps.count(k, starting, closed_hi=False) if starting > k else 0
-    )
-    waited = gaps.excess(starting, start, paid, closed_hi=False) + (
-        gaps.count(k, starting) - gaps.count(k, starting, closed_hi=False)
-    ) * (starting - paid if starting > k else 0.0)
-    warm = gaps.excess(start, end, paid) + (
-        gaps.count(k, start) - gaps.count(k, start, closed_hi=False)
-    ) * (start - paid)
+    # Cold while the pod is starting: paid <= g < start (and g > k).
+    waiting = gaps.count(paid, start, closed_hi=False) + (gaps.at(paid) if paid > k else 0)
+    waited = gaps.excess(paid, start, paid, closed_hi=False)
+    warm = gaps.excess(start, end, paid) + gaps.at(start) * (start - paid)
     late = gaps.count(end, math.inf)
     total = early * c + waiting * c + waited + warm + late * (end - paid + c)
     # Every gap past the KPA's keep wakes the Revision once (the pre-warm, or a cold
@@ -155,9 +154,7 @@ def best_window(
                 continue
             # A window must have been right at least min_gaps times: one fitted around a
             # single long gap looks cheap on the very gaps it was fitted to, and is chance.
-            inside = g.count(max(start, k), end) + (
-                g.count(k, start) - g.count(k, start, closed_hi=False) if start > k else 0
-            )
+            inside = g.count(max(start, k), end) + (g.at(start) if start > k else 0)
             if inside < min_gaps:
                 continue
             cost = window_cost(g, start, end, lead_s, k, cold_cost_s, wake_s)
