@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -105,10 +106,14 @@ class Replay(ThreadingHTTPServer):
         )
 
 
+@dataclass(frozen=True)
 class Pod:
-    def __init__(self, number: int, started: float) -> None:
-        self.number, self.started = number, started
-        self.requests = self.timed = 0
+    """One pod's /metrics at one tick: its identity, its process start, its counters."""
+
+    number: int
+    started: float
+    requests: int = 0
+    timed: int = 0
 
 
 def pod_lives(ticks: list[Tick]) -> dict[float, Pod | None]:
@@ -125,15 +130,10 @@ def pod_lives(ticks: list[Tick]) -> dict[float, Pod | None]:
         else:
             if pod is None:
                 pod = Pod(len(lives) + 1, tick.t - INTERVAL_S / 2)
-            pod = _next(pod, round((tick.rate or 0.0) * INTERVAL_S))
+            served = round((tick.rate or 0.0) * INTERVAL_S)
+            pod = replace(pod, requests=pod.requests + served, timed=pod.timed + 1)
         lives[tick.t] = pod
     return lives
-
-
-def _next(pod: Pod, served: int) -> Pod:
-    later = Pod(pod.number, pod.started)
-    later.requests, later.timed = pod.requests + served, pod.timed + 1
-    return later
 
 
 class _Handler(BaseHTTPRequestHandler):
