@@ -349,8 +349,8 @@ class WarmPolicy:
             f"{peak:.3g}) -> {load:.3g} pods at concurrency {self.target_concurrency:g}"
         )
 
-        wake_risk = -math.expm1(-rate * lead)
         if state.idle_since is not None:
+            wake_risk = -math.expm1(-rate * lead)
             idle_for = now - state.idle_since
             window = self.idle_window(state)
             opens = 0.0 if window is None or window.keep_alive else window.start_s - lead

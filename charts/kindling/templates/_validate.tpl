@@ -8,7 +8,7 @@ at a time), collected into one list, so a bad install fails once with all its me
 {{- $redis := include "kindling.redis.enabled" . -}}
 {{- $raw := eq .Values.serving.mode "raw" -}}
 {{- $seen := dict -}}
-{{- $loaded := concat (default list .Values.embeddings.externalTables) (list) -}}
+{{- $loaded := default list .Values.embeddings.externalTables -}}
 {{- range .Values.embeddings.loader.tables -}}
 {{- $loaded = append $loaded .name -}}
 {{- end -}}
